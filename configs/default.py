@@ -1,0 +1,112 @@
+"""Every configuration key of siamjax, with its meaning. Other configs import this and override.
+
+    python train.py --config=configs/default.py --workdir=/tmp/siamjax
+    python train.py --config=configs/synthetic.py --config.batch_size=64 --workdir=...
+
+An unknown key given on the command line fails: the ConfigDict is locked.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # Seeds parameters, augmentation, writer splits and pair sampling.
+
+    # ---- Data ---------------------------------------------------------------------------------
+    # Which TFDS builder: 'synthetic' (embedded, no download), 'sigcomp2011', 'cedar',
+    # 'signature_folder'.
+    c.dataset = "synthetic"
+    # Folder holding the raw datasets (sigcomp2011/, cedar/ ...). '' -> $SIAMJAX_DATA_DIR.
+    c.data_dir = ""
+    # Where TFDS writes prepared datasets. '' -> $SIAMJAX_TFDS_DIR, else ~/tensorflow_datasets.
+    c.tfds_data_dir = ""
+    # Model input size (pixels); images are normalised to it once, when the dataset is built.
+    c.image_height = 150
+    c.image_width = 220
+
+    # The embedded procedural dataset (used when dataset == 'synthetic').
+    c.synthetic = ml_collections.ConfigDict()
+    c.synthetic.num_writers = 60  # Distinct writers (each its own pen trajectory).
+    c.synthetic.genuine_per_writer = 12  # Genuine signatures per writer.
+    c.synthetic.forgeries_per_writer = 12  # Skilled forgeries per writer.
+    c.synthetic.forgers_per_writer = 3  # Distinct forgers imitating each writer.
+    c.synthetic.seed = 1234  # Generation seed: same seed, same images.
+
+    # Real datasets: options shared by the real builders (sigcomp2011, cedar, signature_folder).
+    c.real = ml_collections.ConfigDict()
+    # Skip unreadable / unmatched files and write a report instead of stopping the build.
+    c.real.skip_bad_files = False
+    # signature_folder: a root (relative to data_dir or absolute) and a regular expression on the
+    # relative path with named groups `writer`, `kind` (and optionally `forger`).
+    c.real.folder_root = ""
+    c.real.pattern = ""
+    c.real.genuine_values = "G,g,genuine,org,original"  # Values of `kind` meaning genuine.
+    c.real.forged_values = "F,f,forged,forg,forgery,forgeries"  # Values of `kind` meaning forged.
+    c.real.folder_name = "folder"  # Distinguishes prepared copies of different folders.
+
+    # ---- Protocol: writer-disjoint splits and pairs -------------------------------------------
+    c.split = ml_collections.ConfigDict()
+    # 'fractions': split writers by val_fraction / test_fraction; 'writers': explicit lists;
+    # 'kfold': fold `fold` of `num_folds` is test, the next fold validation; 'kaggle_csv': the
+    # Kaggle sign_data pair lists (leaks writers and images: for comparison only).
+    c.split.method = "fractions"
+    c.split.val_fraction = 0.15
+    c.split.test_fraction = 0.15
+    c.split.val_writers = ""  # Comma-separated writer ids, for method 'writers'.
+    c.split.test_writers = ""
+    c.split.num_folds = 5
+    c.split.fold = 0
+
+    c.pairs = ml_collections.ConfigDict()
+    # Training pairs per epoch = pairs_per_genuine * number of genuine training images.
+    c.pairs.pairs_per_genuine = 4
+    # Proportions of training pairs: genuine-genuine, genuine-skilled, genuine-random.
+    c.pairs.positive = 0.5
+    c.pairs.skilled = 0.3
+    c.pairs.random = 0.2
+    # Fixed evaluation pairs per genuine image of each kind (same seed -> same pairs).
+    c.pairs.eval_per_genuine = 2
+
+    # ---- Model --------------------------------------------------------------------------------
+    c.model = ml_collections.ConfigDict()
+    c.model.encoder = "signet"  # 'signet' (SigNet-size, as in bench/) or 'small' (CPU, tests).
+    c.model.embedding_dim = 128  # Output of the encoder's last dense layer.
+    c.model.head_hidden = (64,)  # Hidden widths of the MLP head; () for a linear head.
+    c.model.combine = "diff"  # 'diff' (e1 - e2, the design), 'absdiff' (|e1 - e2|), 'concat'.
+    c.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16'; parameters stay float32.
+    c.model.init = "torch"  # Initialisers: 'torch' (PyTorch's defaults) or 'flax' (lecun normal).
+    c.model.small_width = 16  # Channels of the first conv of the 'small' encoder (doubles twice).
+    c.model.bn_momentum = 0.9  # BatchNorm running-average momentum.
+
+    # ---- Loss and optimiser -------------------------------------------------------------------
+    # 'bce' on logits (the design). siamjax.losses also has contrastive and triplet losses, not yet
+    # wired into the pair trainer.
+    c.loss = "bce"
+    c.learning_rate = 1e-3  # Adagrad learning rate.
+    # Adagrad's starting accumulator. PyTorch uses 0; optax's default 0.1 damps the first updates
+    # so much that the design's 1e-3 barely moves the weights.
+    c.adagrad_initial_accumulator = 0.0
+    c.adagrad_eps = 1e-10
+    c.weight_decay = 0.0  # L2 penalty added to the loss (0 disables).
+
+    # ---- Augmentation (on device, training only) ----------------------------------------------
+    c.augment = ml_collections.ConfigDict()
+    c.augment.noise_std = 0.0  # Std of additive Gaussian noise on [0, 1] pixels.
+    c.augment.blur_prob = 0.0  # Probability of a Gaussian blur per image.
+    c.augment.blur_sigma = 1.0  # Its sigma in pixels.
+    c.augment.max_shift = 0  # Random translation up to this many pixels.
+
+    # ---- Training loop ------------------------------------------------------------------------
+    c.batch_size = 32  # Global pairs per step, split over all devices; a multiple of the devices.
+    c.num_epochs = 6  # Length of training, in epochs of training pairs.
+    c.num_train_steps = -1  # If > 0 overrides num_epochs.
+    c.eval_batch_size = 128  # Images per step when computing embeddings for evaluation.
+    c.log_every_steps = 50
+    c.eval_every_steps = 500  # Validation (EER, accuracy); also at the end.
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 2  # Latest N kept, plus the best by validation EER.
+    c.prefetch = 2  # Batches prepared ahead of the device.
+
+    c.lock()
+    return c

@@ -1,0 +1,34 @@
+"""Evaluates a trained workdir on a split and writes <workdir>/eval/<split>/.
+
+    python eval.py --config=configs/synthetic.py --workdir=/tmp/siamjax_synth
+    python eval.py --config=configs/sigcomp.py --workdir=/tmp/sigcomp --split=validation --step=2000
+
+Reads the best checkpoint by validation EER unless --step is given; never writes checkpoints.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from siamjax import cli
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "The config the workdir was trained with.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Workdir of a training run.")
+flags.DEFINE_enum("split", "test", ["validation", "test"], "Split to evaluate.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: best by validation EER).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+@cli.user_errors_exit
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.hide_gpus_from_tensorflow()
+    from siamjax import eval_lib
+
+    eval_lib.run_evaluation(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.step)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,1 @@
+"""TFDS builders for signature datasets: one folder each, plus the shared example format."""

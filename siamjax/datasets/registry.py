@@ -1,0 +1,67 @@
+"""config -> the TFDS builder it names, prepared offline into an explicit data dir, in memory.
+
+The only place that maps `config.dataset` to a builder, so that adding a dataset is one entry here
+plus its folder.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import tensorflow_datasets as tfds
+from absl import logging
+
+from siamjax import catalog as catalog_lib
+from siamjax.errors import UserError
+
+DATASETS = ("synthetic", "sigcomp2011", "cedar", "signature_folder")
+
+
+def tfds_data_dir(config: ml_collections.ConfigDict) -> str:
+    """Where prepared datasets live: config, else $SIAMJAX_TFDS_DIR, else ~/tensorflow_datasets."""
+    path = config.tfds_data_dir or os.environ.get("SIAMJAX_TFDS_DIR") or "~/tensorflow_datasets"
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def raw_data_dir(config: ml_collections.ConfigDict) -> str:
+    """The folder holding the raw sets (sigcomp2011/, cedar/): config, else $SIAMJAX_DATA_DIR."""
+    path = config.data_dir or os.environ.get("SIAMJAX_DATA_DIR", "")
+    if not path:
+        raise UserError(f"config.dataset={config.dataset!r} needs its raw files: set "
+                        "--config.data_dir or SIAMJAX_DATA_DIR to the folder that holds "
+                        "sigcomp2011/ and cedar/ (see README, 'Using real data').")
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+        raise UserError(f"data dir {path} does not exist.")
+    return path
+
+
+def make_builder(config: ml_collections.ConfigDict) -> tuple[tfds.core.DatasetBuilder, str | None]:
+    """(builder, manual_dir) for `config.dataset`; manual_dir is None for generated data."""
+    h, w, out = config.image_height, config.image_width, tfds_data_dir(config)
+    if config.dataset == "synthetic":
+        from siamjax.datasets.synthetic import synthetic_dataset_builder as synth
+
+        s = config.synthetic
+        return synth.make_builder(num_writers=s.num_writers,
+                                  genuine_per_writer=s.genuine_per_writer,
+                                  forgeries_per_writer=s.forgeries_per_writer,
+                                  forgers_per_writer=s.forgers_per_writer, height=h, width=w,
+                                  seed=s.seed, data_dir=out), None
+    raise UserError(f"config.dataset={config.dataset!r}; use one of {DATASETS}.")
+
+
+def prepare(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    """Builds the dataset once (offline, explicit data dir); later calls find it prepared."""
+    builder, manual_dir = make_builder(config)
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    logging.info("dataset %s/%s in %s", builder.name, builder.builder_config.name,
+                 builder.data_dir)
+    builder.download_and_prepare(download_config=download_config)
+    return builder
+
+
+def load_catalog(config: ml_collections.ConfigDict, split: str = "train") -> catalog_lib.Catalog:
+    """The prepared `split` of the configured dataset, in memory."""
+    return catalog_lib.from_builder(prepare(config), split)

@@ -1,0 +1,129 @@
+"""What eval.py runs: restore a checkpoint read-only, score a split, write metrics, scores, plots.
+
+The decision threshold is the one chosen on the validation split when the checkpoint was saved
+(stored with it), never one chosen on the split being evaluated; figures that do pick a threshold
+on the evaluated split (EER, `oracle_accuracy`) say so in their definitions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from siamjax import checkpointing, evaluate, evaluate_metrics, models, parallel, plots, train_lib
+from siamjax import pairs as pairs_lib
+from siamjax.errors import UserError
+from siamjax.input_pipeline import Data
+
+TABLE_KEYS = ("accuracy", "frr", "far_skilled", "far_random", "eer", "eer_random", "eer_user",
+              "auc", "auc_random", "cllr", "min_cllr", "oracle_accuracy", "threshold")
+WORST_PAIRS = 8  # Worst false accepts and worst false rejects shown in worst_pairs.png.
+
+
+def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, step: int | None,
+                          mesh: jax.sharding.Mesh) -> tuple[models.SiameseNet, Any, int, dict]:
+    """(model, variables, step, meta) of the best checkpoint (or `step`), read-only."""
+    train_lib.check_model_matches(config, workdir)
+    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+    if step is None:
+        step = ckpt.best_step() or ckpt.latest_step()
+    if step is None:
+        raise UserError(f"{ckpt.directory} holds no checkpoint.")
+    model = models.create_model(config.model)
+    abstract = jax.eval_shape(lambda r: train_lib.create_train_state(config, model, r),
+                              jax.random.key(0))
+    state, meta = ckpt.restore(step, checkpointing.abstract_with_sharding(
+        abstract, parallel.replicated(mesh)))
+    ckpt.close()
+    return model, {"params": state.params, "batch_stats": state.batch_stats}, step, meta
+
+
+def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str = "test",
+                   step: int | None = None) -> dict[str, Any]:
+    """Evaluates `split` ('validation' or 'test'); writes <workdir>/eval/<split>/ and returns the
+    metrics dict."""
+    if split not in ("validation", "test"):
+        raise UserError(f"--split={split!r}; use 'validation' or 'test'.")
+    workdir = os.path.abspath(workdir)
+    mesh = parallel.make_mesh()
+    model, variables, step, meta = restore_for_inference(config, workdir, step, mesh)
+    data = Data(config)
+    if split not in data.eval_pairs:
+        raise UserError(f"the {split} split has no writers under config.split.")
+    scorer = evaluate.Scorer(model, mesh, config.eval_batch_size)
+    threshold = meta.get("val_threshold")
+    if threshold is None:  # A checkpoint saved between validations: choose it on validation now.
+        val = data.eval_pairs["validation"]
+        threshold = evaluate.threshold_from(
+            evaluate.sigmoid(scorer.logits(variables, data.catalog.images, val)), val)
+    prior = float(meta.get("prior_positive") or data.prior_positive)
+    pairs = data.eval_pairs[split]
+    scores = evaluate.sigmoid(scorer.logits(variables, data.catalog.images, pairs))
+    metrics = evaluate.metrics_for(scores, pairs, data.catalog, float(threshold), prior)
+    out_dir = os.path.join(workdir, "eval", split)
+    if jax.process_index() == 0:
+        write_outputs(out_dir, config, step, metrics, scores, pairs, data, prior)
+    logging.info("wrote %s", out_dir)
+    print(format_table(metrics, split, step))
+    return metrics
+
+
+def write_outputs(out_dir: str, config: ml_collections.ConfigDict, step: int,
+                  metrics: dict[str, float], scores: np.ndarray, pairs: pairs_lib.Pairs,
+                  data: Data, prior: float) -> None:
+    """metrics.json, scores.csv and the figures (ROC, DET, histograms, worst pairs)."""
+    os.makedirs(out_dir, exist_ok=True)
+    cat = data.catalog
+    llrs = evaluate_metrics.llr(scores, prior)
+    doc = {"metrics": train_lib._jsonable(metrics), "checkpoint_step": int(step),
+           "pair_counts": pairs.counts(), "prior_positive": prior,
+           "config": json.loads(config.to_json_best_effort())}
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(doc, f, indent=1)
+    with open(os.path.join(out_dir, "scores.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["reference", "questioned", "writer", "kind", "label", "score", "llr"])
+        for i in range(len(pairs)):
+            w.writerow([cat.path[pairs.a[i]], cat.path[pairs.b[i]], cat.writer[pairs.a[i]],
+                        pairs_lib.KIND_NAMES[pairs.kind[i]], int(pairs.label[i]),
+                        f"{scores[i]:.6f}", f"{llrs[i]:.4f}"])
+    by_kind = {name: scores[pairs.kind == k] for k, name in enumerate(pairs_lib.KIND_NAMES)}
+    negatives = {k: v for k, v in by_kind.items() if k != "genuine" and len(v)}
+    t = metrics["threshold"]
+    plots.plot_roc(os.path.join(out_dir, "roc.png"), by_kind["genuine"], negatives, threshold=t)
+    plots.plot_det(os.path.join(out_dir, "det.png"), by_kind["genuine"], negatives, threshold=t)
+    plots.plot_histograms(os.path.join(out_dir, "histograms.png"), by_kind, threshold=t)
+    plots.plot_worst_pairs(os.path.join(out_dir, "worst_pairs.png"),
+                           _worst_pairs(scores, pairs, cat.images[..., 0], cat.path))
+
+
+def _worst_pairs(scores, pairs, images, paths) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """The most confident false accepts (highest-scored forgeries) and false rejects."""
+    neg = np.flatnonzero(pairs.label == 0)
+    pos = np.flatnonzero(pairs.label == 1)
+    fa = neg[np.argsort(-scores[neg], kind="stable")][:WORST_PAIRS]
+    fr = pos[np.argsort(scores[pos], kind="stable")][:WORST_PAIRS]
+    out = []
+    for what, rows in (("false accept", fa), ("false reject", fr)):
+        for i in rows:
+            names = " | ".join(os.path.basename(paths[j]) for j in (pairs.a[i], pairs.b[i]))
+            title = f"{what} ({pairs_lib.KIND_NAMES[pairs.kind[i]]}) score {scores[i]:.3f}\n{names}"
+            out.append((images[pairs.a[i]], images[pairs.b[i]], title))
+    return out
+
+
+def format_table(metrics: dict[str, float], split: str, step: int) -> str:
+    lines = [f"{split} split, checkpoint step {step}",
+             f"pairs: {int(metrics['n_genuine'])} genuine, {int(metrics['n_skilled'])} skilled, "
+             f"{int(metrics['n_random'])} random"]
+    for k in TABLE_KEYS:
+        v = metrics.get(k, float("nan"))
+        lines.append(f"  {k:<16} {v:.4f}")
+    return "\n".join(lines)

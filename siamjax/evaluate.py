@@ -1,0 +1,83 @@
+"""Scores and metrics, shared by training (validation) and eval.py (any split).
+
+Each image's embedding is computed once and pairs are scored by the head over the cached
+embeddings, so the cost grows with images, not pairs. Batches are padded to one fixed shape with a
+mask, so evaluation compiles once. Metric definitions live in `siamjax.evaluate_metrics`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from siamjax import evaluate_metrics, parallel
+from siamjax import pairs as pairs_lib
+from siamjax.catalog import Catalog
+from siamjax.input_pipeline import padded_batches
+from siamjax.models import SiameseNet
+
+
+class Scorer:
+    """Jitted, sharded embedding and head functions of one model on one mesh."""
+
+    def __init__(self, model: SiameseNet, mesh: jax.sharding.Mesh, batch_size: int):
+        parallel.check_batch_size(batch_size, mesh, "eval_batch_size")
+        self.mesh, self.batch_size = mesh, batch_size
+        data, rep = parallel.data_sharding(mesh), parallel.replicated(mesh)
+        self._embed = jax.jit(lambda v, x: model.apply(v, x, method=SiameseNet.embed),
+                              in_shardings=(rep, data), out_shardings=data)
+        self._score = jax.jit(lambda v, e1, e2: model.apply(v, e1, e2, method=SiameseNet.score),
+                              in_shardings=(rep, data, data), out_shardings=data)
+
+    def _run(self, fn, variables, arrays: dict[str, np.ndarray], n: int) -> np.ndarray:
+        rows = parallel.local_rows(self.batch_size)
+        out = []
+        for idx, mask in padded_batches(n, self.batch_size):
+            local = {k: v[idx[rows]] for k, v in arrays.items()}
+            batch = parallel.to_global(local, self.mesh)
+            result = fn(variables, *batch.values())
+            if jax.process_count() > 1:
+                result = multihost_utils.process_allgather(result, tiled=True)
+            out.append(np.asarray(result)[mask])
+        return np.concatenate(out)
+
+    def embeddings(self, variables: Any, images: np.ndarray) -> np.ndarray:
+        """uint8 [n, H, W, 1] -> float32 [n, D], in evaluation mode."""
+        return self._run(self._embed, variables, {"x": images}, len(images))
+
+    def logits(self, variables: Any, images: np.ndarray, pairs: pairs_lib.Pairs) -> np.ndarray:
+        """Logits [len(pairs)] of pairs of indices into `images`, embedding each image once."""
+        used = np.unique(np.concatenate([pairs.a, pairs.b]))
+        emb = self.embeddings(variables, images[used])
+        pos = {int(i): k for k, i in enumerate(used)}
+        e1 = emb[[pos[int(i)] for i in pairs.a]]
+        e2 = emb[[pos[int(i)] for i in pairs.b]]
+        return self._run(self._score, variables, {"e1": e1, "e2": e2}, len(pairs))
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return np.asarray(jax.nn.sigmoid(jnp.asarray(logits, jnp.float32)), np.float64)
+
+
+def metrics_for(scores: np.ndarray, pairs: pairs_lib.Pairs, catalog: Catalog,
+                threshold: float | None, prior_positive: float) -> dict[str, float]:
+    """All metrics of `siamjax.evaluate_metrics` for scored pairs. With `threshold=None` the
+    threshold is the EER threshold of these very pairs (only right for validation)."""
+    kinds = np.asarray(pairs_lib.KIND_NAMES)[pairs.kind]
+    if threshold is None:
+        threshold = threshold_from(scores, pairs)
+    return evaluate_metrics.compute_metrics(scores, kinds, catalog.writer[pairs.a],
+                                            threshold=threshold, prior_positive=prior_positive)
+
+
+def threshold_from(scores: np.ndarray, pairs: pairs_lib.Pairs) -> float:
+    """The EER threshold (genuine vs skilled, else vs all negatives) of validation scores."""
+    pos = scores[pairs.kind == pairs_lib.GENUINE]
+    neg = scores[pairs.kind == pairs_lib.SKILLED]
+    if len(neg) == 0:
+        neg = scores[pairs.label == 0]
+    return float(evaluate_metrics.threshold_at_eer(pos, neg))

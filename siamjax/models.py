@@ -1,0 +1,182 @@
+"""The Siamese network: a shared encoder, a way to combine two embeddings, and an MLP head.
+
+Only modules live here: no data, no optimiser, no training loop. Images enter as uint8
+[batch, height, width, 1] with ink high (see `siamjax.preprocess`) and are scaled to [0, 1] inside
+the model, so that every caller feeds the same thing. Parameters are float32 whatever `dtype` is;
+`dtype` only sets the compute precision (bfloat16 on accelerators).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from siamjax.errors import UserError
+
+ENCODERS = ("signet", "small")
+COMBINES = ("diff", "absdiff", "concat")
+
+# PyTorch's default Conv/Linear weight init, kaiming_uniform(a=sqrt(5)), is U(+-1/sqrt(fan_in)),
+# i.e. variance 1/(3 fan_in). With Adagrad it trains much faster than flax's lecun_normal here.
+_TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def kernel_init(name: str) -> Any:
+    if name == "torch":
+        return _TORCH_KERNEL_INIT
+    if name == "flax":
+        return nn.initializers.lecun_normal()
+    raise UserError(f"config.model.init={name!r} is unknown; use 'torch' or 'flax'.")
+
+
+def _to_float(images: jax.Array, dtype: Any) -> jax.Array:
+    """uint8 [..., H, W, 1] in 0..255 -> `dtype` in [0, 1]; float input is taken as already in
+    [0, 1] (augmented training images arrive that way)."""
+    if jnp.issubdtype(images.dtype, jnp.integer):
+        return images.astype(dtype) / jnp.asarray(255.0, dtype)
+    return images.astype(dtype)
+
+
+class SigNetEncoder(nn.Module):
+    """SigNet-size encoder, layer for layer as in bench/torch_reference.py (150x220 -> 128-D).
+
+    conv96 11x11/4 - pool - conv256 5x5 - pool - conv384 3x3 - conv384 3x3 - conv256 3x3 - pool -
+    dense 2048 - dense 2048 - dense `embedding_dim`; every conv followed by BatchNorm and ReLU.
+    """
+
+    embedding_dim: int = 128
+    dtype: Any = jnp.float32
+    init: str = "torch"
+    bn_momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+        """[batch, H, W, 1] uint8 -> [batch, embedding_dim] float32."""
+        k_init = kernel_init(self.init)
+        conv = functools.partial(nn.Conv, dtype=self.dtype, kernel_init=k_init)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype)
+        x = _to_float(images, self.dtype)
+        layers = [(96, 11, 4, "VALID", True), (256, 5, 1, 2, True), (384, 3, 1, 1, False),
+                  (384, 3, 1, 1, False), (256, 3, 1, 1, True)]
+        for i, (features, k, s, pad, pool) in enumerate(layers):
+            x = conv(features, (k, k), strides=(s, s), padding=pad, name=f"conv{i}")(x)
+            x = nn.relu(norm(name=f"bn{i}")(x))
+            if pool:
+                x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = x.reshape((x.shape[0], -1))
+        dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=k_init)
+        x = nn.relu(dense(2048, name="fc0")(x))
+        x = nn.relu(dense(2048, name="fc1")(x))
+        return dense(self.embedding_dim, name="embedding")(x).astype(jnp.float32)
+
+
+class SmallEncoder(nn.Module):
+    """A few-hundred-thousand-parameter encoder for CPUs and tests; same interface as SigNet.
+
+    Four conv-BN-ReLU blocks of stride 2 (widths w, 2w, 4w, 4w), then a dense layer and the
+    embedding. Strided convolutions instead of max-pooling: on a CPU, full-resolution convolutions
+    and pooling gradients cost 4-5x more for the same receptive field. It keeps the spatial layout
+    (no global pooling) because where the strokes are matters for signatures.
+    """
+
+    width: int = 16
+    embedding_dim: int = 64
+    dtype: Any = jnp.float32
+    init: str = "torch"
+    bn_momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+        """[batch, H, W, 1] uint8 -> [batch, embedding_dim] float32."""
+        k_init = kernel_init(self.init)
+        x = _to_float(images, self.dtype)
+        w = self.width
+        for i, (features, k) in enumerate([(w, 5), (2 * w, 3), (4 * w, 3), (4 * w, 3)]):
+            # No bias: BatchNorm removes it, and Adagrad would amplify its zero gradient's noise.
+            x = nn.Conv(features, (k, k), strides=(2, 2), padding="SAME", use_bias=False,
+                        dtype=self.dtype, kernel_init=k_init, name=f"conv{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=1e-5, dtype=self.dtype, name=f"bn{i}")(x)
+            x = nn.relu(x)
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(16 * w, dtype=self.dtype, kernel_init=k_init, name="fc0")(x))
+        x = nn.Dense(self.embedding_dim, dtype=self.dtype, kernel_init=k_init, name="embedding")(x)
+        return x.astype(jnp.float32)
+
+
+class Head(nn.Module):
+    """Two embeddings -> one logit (log-odds that the questioned signature is genuine)."""
+
+    hidden: Sequence[int] = (64,)
+    combine: str = "diff"
+    dtype: Any = jnp.float32
+    init: str = "torch"
+
+    @nn.compact
+    def __call__(self, e1: jax.Array, e2: jax.Array) -> jax.Array:
+        """[batch, D] float32 twice -> [batch] float32 logits."""
+        if self.combine == "diff":
+            x = e1 - e2
+        elif self.combine == "absdiff":
+            x = jnp.abs(e1 - e2)
+        elif self.combine == "concat":
+            x = jnp.concatenate([e1, e2], axis=-1)
+        else:
+            raise UserError(f"config.model.combine={self.combine!r}; use one of {COMBINES}.")
+        k_init = kernel_init(self.init)
+        for i, width in enumerate(self.hidden):
+            x = nn.relu(nn.Dense(width, dtype=self.dtype, kernel_init=k_init, name=f"hidden{i}")(x))
+        logit = nn.Dense(1, dtype=self.dtype, kernel_init=k_init, name="logit")(x)
+        return logit[..., 0].astype(jnp.float32)
+
+
+class SiameseNet(nn.Module):
+    """Shared encoder on both images (one batch of 2N, as in the PyTorch reference) + head."""
+
+    encoder: nn.Module
+    head: Head
+
+    def __call__(self, image_a: jax.Array, image_b: jax.Array, train: bool) -> jax.Array:
+        """uint8 [N, H, W, 1] twice -> [N] float32 logits."""
+        n = image_a.shape[0]
+        e = self.encoder(jnp.concatenate([image_a, image_b], axis=0), train)
+        return self.head(e[:n], e[n:])
+
+    def embed(self, images: jax.Array) -> jax.Array:
+        """Evaluation-mode embeddings, [N, H, W, 1] uint8 -> [N, D]; for caching in evaluation."""
+        return self.encoder(images, False)
+
+    def score(self, e1: jax.Array, e2: jax.Array) -> jax.Array:
+        """Head on cached embeddings: [N, D] twice -> [N] logits."""
+        return self.head(e1, e2)
+
+
+def dtype_from_name(name: str) -> Any:
+    if name in ("float32", "fp32"):
+        return jnp.float32
+    if name in ("bfloat16", "bf16"):
+        return jnp.bfloat16
+    raise UserError(f"config.model.dtype={name!r}; use 'float32' or 'bfloat16'.")
+
+
+def create_model(model_config: ml_collections.ConfigDict) -> SiameseNet:
+    """The SiameseNet that `config.model` describes."""
+    dtype = dtype_from_name(model_config.dtype)
+    common = dict(embedding_dim=model_config.embedding_dim, dtype=dtype, init=model_config.init,
+                  bn_momentum=model_config.bn_momentum)
+    if model_config.encoder == "signet":
+        encoder = SigNetEncoder(**common)
+    elif model_config.encoder == "small":
+        encoder = SmallEncoder(width=model_config.small_width, **common)
+    else:
+        raise UserError(f"config.model.encoder={model_config.encoder!r}; use one of {ENCODERS}.")
+    head = Head(hidden=tuple(model_config.head_hidden), combine=model_config.combine, dtype=dtype,
+                init=model_config.init)
+    return SiameseNet(encoder=encoder, head=head)

@@ -1,0 +1,283 @@
+"""Train state, the jitted train step, and `train_and_evaluate`: the training loop of siamjax.
+
+Data parallel over every device: batches sharded along the mesh axis `data`, state replicated, one
+compiled step with the state donated. A run in a workdir that holds checkpoints resumes from the
+latest one (step, parameters, optimiser state, BatchNorm statistics, RNG and, through the step, the
+data position), and continues exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+from flax.training import train_state
+
+from siamjax import augment as augment_lib
+from siamjax import checkpointing, evaluate, losses, models, parallel
+from siamjax.errors import UserError
+from siamjax.input_pipeline import Data, TrainData
+
+# Config keys that define the network and its input: a checkpoint is only valid under the same.
+MODEL_KEYS = ("model", "image_height", "image_width")
+
+
+class TrainState(train_state.TrainState):
+    """Flax TrainState plus BatchNorm statistics and the RNG key (raw uint32 key data)."""
+
+    batch_stats: Any = None
+    rng: jax.Array | None = None
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adagrad as in the design (PyTorch-like accumulator start), optional L2 weight decay."""
+    adagrad = optax.adagrad(config.learning_rate,
+                            initial_accumulator_value=config.adagrad_initial_accumulator,
+                            eps=config.adagrad_eps)
+    if config.weight_decay:
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), adagrad)
+    return adagrad
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
+                       rng: jax.Array) -> TrainState:
+    """Fresh state for `model` on images of config.image_height x config.image_width."""
+    init_rng, state_rng = jax.random.split(rng)
+    dummy = jnp.zeros((2, config.image_height, config.image_width, 1), jnp.uint8)
+    variables = model.init({"params": init_rng}, dummy, dummy, train=False)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                             batch_stats=variables.get("batch_stats", {}),
+                             tx=make_optimizer(config), rng=jax.random.key_data(state_rng))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *,
+               config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One Adagrad step on BCE over a pair batch; returns device-side metric sums.
+
+    batch: image_a, image_b uint8 [B, H, W, 1]; label int32 [B] (1 = genuine pair).
+    """
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    a, b, label = batch["image_a"], batch["image_b"], batch["label"]
+    aug = config.augment
+    if aug.noise_std > 0 or aug.blur_prob > 0 or aug.max_shift > 0:
+        ka, kb = jax.random.split(rng)
+        a = augment_lib.augment(a.astype(jnp.float32) / 255.0, ka, aug)
+        b = augment_lib.augment(b.astype(jnp.float32) / 255.0, kb, aug)
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
+                                         a, b, train=True, mutable=["batch_stats"])
+        loss = jnp.mean(losses.bce_with_logits(logits, label))
+        return loss, (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    n = jnp.asarray(label.shape[0], jnp.float32)
+    correct = jnp.sum(((logits > 0).astype(jnp.int32) == label).astype(jnp.float32))
+    return state, {"loss_sum": loss * n, "correct": correct, "count": n}
+
+
+def state_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    """One sharding for the whole state: replicated, since parameters are small next to a batch's
+    activations (a pytree prefix, so it fits any state structure)."""
+    return parallel.replicated(mesh)
+
+
+def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                       shardings: jax.sharding.Sharding):
+    """The jitted step: state donated, batch sharded along `data`, metrics replicated."""
+    batch_sharding = parallel.data_sharding(mesh)
+    return jax.jit(functools.partial(train_step, config=config), donate_argnums=0,
+                   in_shardings=(shardings, batch_sharding),
+                   out_shardings=(shardings, parallel.replicated(mesh)))
+
+
+def init_state_on_mesh(config: ml_collections.ConfigDict, model: nn.Module,
+                       mesh: jax.sharding.Mesh) -> tuple[TrainState, Any]:
+    """Initialises the state directly with its (replicated) shardings."""
+    sharding = state_sharding(mesh)
+    state = jax.jit(lambda r: create_train_state(config, model, r),
+                    out_shardings=sharding)(jax.random.key(config.seed))
+    return state, sharding
+
+
+# ---------------------------------------------------------------------------------------------
+# Workdir checks
+
+
+def _model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    d = json.loads(config.to_json_best_effort())
+    return {k: d[k] for k in MODEL_KEYS}
+
+
+def check_model_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Raises if `workdir` holds a run of another model than `config.model`, or of an unknown one."""
+    path = os.path.join(workdir, "config.json")
+    mine = _model_fingerprint(config)
+    if os.path.exists(path):
+        with open(path) as f:
+            theirs = _model_fingerprint(ml_collections.ConfigDict(json.load(f)))
+        diffs = [f"{k}: {theirs[k]} there, {mine[k]} now" for k in MODEL_KEYS
+                 if theirs[k] != mine[k]]
+        if diffs:
+            raise UserError(f"workdir {workdir} holds a checkpoint of a different model ("
+                            + "; ".join(diffs) + "): use another --workdir.")
+    elif os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
+            os.path.join(workdir, "checkpoints")):
+        raise UserError(f"workdir {workdir} holds checkpoints but no config.json: cannot tell "
+                        "which model they are of; use another --workdir.")
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Makes sure `workdir` is writable and, if it holds a run, that it is of the same model.
+
+    Nothing in the workdir is touched before these checks pass.
+    """
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"workdir {workdir} cannot be written: {e.strerror or e}.") from e
+    check_model_matches(config, workdir)
+    path = os.path.join(workdir, "config.json")
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def _num_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    if config.num_train_steps > 0:
+        return int(config.num_train_steps)
+    return int(config.num_epochs * steps_per_epoch)
+
+
+def _validate(scorer: evaluate.Scorer, state: TrainState, data: Data) -> dict[str, float]:
+    pairs = data.eval_pairs["validation"]
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    scores = evaluate.sigmoid(scorer.logits(variables, data.catalog.images, pairs))
+    return evaluate.metrics_for(scores, pairs, data.catalog, None, data.prior_positive)
+
+
+def _fmt_time(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) in `workdir`; returns the final summary (also in summary.json)."""
+    parallel.maybe_initialize_distributed()
+    if config.loss != "bce":
+        raise UserError(f"config.loss={config.loss!r}: the pair trainer implements 'bce' only.")
+    workdir = os.path.abspath(workdir)
+    prepare_workdir(config, workdir)
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    logging.info("devices: %d (%s), processes: %d", mesh.devices.size,
+                 jax.devices()[0].platform, jax.process_count())
+
+    data = Data(config, workdir)
+    if "validation" not in data.eval_pairs:
+        raise UserError("the validation split is empty: set config.split so that it has writers.")
+    train_data = TrainData(data.catalog, data.indices["train"], config)
+    num_steps = _num_steps(config, train_data.steps_per_epoch)
+
+    model = models.create_model(config.model)
+    state, shardings = init_state_on_mesh(config, model, mesh)
+    ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
+    start = ckpt.latest_step() or 0
+    if start:
+        state, _ = ckpt.restore(start, checkpointing.abstract_with_sharding(state, shardings))
+        logging.info("resumed from the checkpoint of step %d", start)
+    else:
+        logging.info("model: %s encoder, %d parameters", config.model.encoder,
+                     sum(x.size for x in jax.tree.leaves(state.params)))
+
+    step_fn = compile_train_step(config, mesh, shardings)
+    scorer = evaluate.Scorer(model, mesh, config.eval_batch_size)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    batches = train_data.batches(start)
+    logging.info("training steps %d..%d (%d per epoch, batch %d)", start, num_steps,
+                 train_data.steps_per_epoch, config.batch_size)
+
+    sums, t_last, step_last, t_start = None, time.perf_counter(), start, time.perf_counter()
+    val: dict[str, float] = {}
+    for step in range(start + 1, num_steps + 1):
+        batch = parallel.to_global(next(batches), mesh)
+        state, m = step_fn(state, batch)
+        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+        last = step == num_steps
+        if step % config.log_every_steps == 0 or last:
+            s = jax.device_get(sums)
+            now = time.perf_counter()
+            rate = (step - step_last) / max(now - t_last, 1e-9)
+            scalars = {"train_loss": s["loss_sum"] / s["count"],
+                       "train_accuracy": s["correct"] / s["count"], "steps_per_sec": rate,
+                       "pairs_per_sec": rate * config.batch_size}
+            writer.write_scalars(step, scalars)
+            logging.info("step %d/%d: loss %.4f, accuracy %.3f | %.2f steps/s, %.0f pairs/s | "
+                         "ETA %s", step, num_steps, scalars["train_loss"],
+                         scalars["train_accuracy"], rate, scalars["pairs_per_sec"],
+                         _fmt_time((num_steps - step) / max(rate, 1e-9)))
+            sums, t_last, step_last = None, now, step
+        evaluated = step % config.eval_every_steps == 0 or last
+        if evaluated:
+            val = _validate(scorer, state, data)
+            writer.write_scalars(step, {f"val_{k}": v for k, v in val.items()
+                                        if isinstance(v, float) and np.isfinite(v)})
+            logging.info("step %d validation: EER %.2f%% (skilled), EER %.2f%% (random), "
+                         "AUC %.4f, accuracy %.3f", step, 100 * val["eer"],
+                         100 * val["eer_random"], val["auc"], val["accuracy"])
+        if step % config.checkpoint_every_steps == 0 or last or evaluated:
+            meta = {"step": step, "val_threshold": val.get("threshold") if evaluated else None,
+                    "prior_positive": data.prior_positive,
+                    "val_metrics": val if evaluated else None,
+                    "model": _model_fingerprint(config)}
+            ckpt.save(step, state, _jsonable(meta),
+                      metrics={checkpointing.BEST_METRIC: val["eer"]} if evaluated else None)
+    ckpt.wait()
+    writer.flush()
+    best = ckpt.best_step()
+    summary = {"final_step": num_steps, "best_step": best,
+               "wall_seconds": time.perf_counter() - t_start,
+               "validation": _jsonable(val), "checkpoint_dir": ckpt.directory}
+    if jax.process_index() == 0 and val:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+    if val:
+        logging.info("done: %d steps in %s; final validation EER %.2f%%; best checkpoint: step "
+                     "%s; checkpoints in %s", num_steps, _fmt_time(summary["wall_seconds"]),
+                     100 * val["eer"], best, ckpt.directory)
+    ckpt.close()
+    return summary
+
+
+def _jsonable(d: Any) -> Any:
+    """Floats (NaN -> None) and plain types only, for JSON files and orbax JsonSave."""
+    if isinstance(d, dict):
+        return {k: _jsonable(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_jsonable(v) for v in d]
+    if isinstance(d, (float, np.floating)):
+        return None if not np.isfinite(d) else float(d)
+    if isinstance(d, np.integer):
+        return int(d)
+    return d
