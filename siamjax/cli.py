@@ -19,6 +19,45 @@ def hide_gpus_from_tensorflow() -> None:
     tf.config.set_visible_devices([], "GPU")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with config-file errors as one line and exit code 2.
+
+    ml_collections reports a missing config file only when the config is first read, and an
+    unknown `--config.key` as a KeyError with a traceback; both become `error: ...` here.
+    """
+    from absl import flags
+
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(f"{_first_line(e)} {_last_line(e)}" if "\n" in str(e).strip() else str(e))
+    except (KeyError, AttributeError, ValueError, TypeError) as e:
+        bad = [a for a in argv[1:] if a.startswith("--config.")]
+        _fail(f"{' '.join(bad) or '--config'}: unknown key or bad value ({_first_line(e)}); "
+              "see configs/default.py for every key.")
+    config_arg = next((a for a in argv[1:] if a.startswith("--config=")), "--config")
+    try:
+        flags.FLAGS.config.keys()  # A config that failed to load raises its error here.
+    except Exception as e:  # noqa: BLE001 - any load failure is the user's file.
+        _fail(f"cannot load {config_arg}: {_last_line(e)}")
+    return rest
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().strip("\"'")
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _last_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def user_errors_exit(fn: Callable) -> Callable:
     """Runs `fn`; a UserError becomes 'error: <message>' and exit code 2."""
 
@@ -29,7 +68,6 @@ def user_errors_exit(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            _fail(str(e))
 
     return wrapper

@@ -1,0 +1,86 @@
+"""Speed of the siamjax train step, comparable with ../shared/bench/torch_reference.py.
+
+    python bench/train_step.py --config=configs/sigcomp.py --batch=32 --steps=20
+    python bench/train_step.py --config=configs/sigcomp.py --batch=256 --dtype=bfloat16   # GPU
+
+Random uint8 pairs, the real jitted step on every device (data parallel). Prints one JSON line:
+impl, device, batch, median/min/max step seconds, pairs/s, TFLOP/s (from the reference's count of
+7.23 GFLOP per SigNet pair when the encoder is signet at 150x220), first-step (compile) seconds.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/sigcomp.py", "Config file.", lock_config=True)
+flags.DEFINE_integer("batch", 32, "Global pairs per step.")
+flags.DEFINE_integer("steps", 20, "Timed steps (after 3 warm-up steps).")
+flags.DEFINE_string("dtype", None, "Override config.model.dtype (float32 / bfloat16).")
+flags.DEFINE_string("out", None, "Also write the JSON line to this file.")
+
+SIGNET_GFLOP_PER_PAIR = 7.23  # Forward + backward, from bench/torch_reference.py's count.
+
+
+def main(argv):
+    del argv
+    from siamjax import cli
+
+    cli.hide_gpus_from_tensorflow()
+    import jax
+    import numpy as np
+
+    from siamjax import models, parallel, train_lib
+
+    cfg = FLAGS.config
+    cfg.batch_size = FLAGS.batch
+    if FLAGS.dtype:
+        cfg.model.dtype = FLAGS.dtype
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(cfg.batch_size, mesh)
+    model = models.create_model(cfg.model)
+    state, sharding = train_lib.init_state_on_mesh(cfg, model, mesh)
+    step = train_lib.compile_train_step(cfg, mesh, sharding)
+    rng = np.random.default_rng(0)
+    shape = (cfg.batch_size, cfg.image_height, cfg.image_width, 1)
+    batch = parallel.to_global({"image_a": rng.integers(0, 256, shape, dtype=np.uint8),
+                                "image_b": rng.integers(0, 256, shape, dtype=np.uint8),
+                                "label": rng.integers(0, 2, cfg.batch_size).astype(np.int32)},
+                               mesh)
+    t0 = time.perf_counter()
+    state, m = step(state, batch)
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t0
+    for _ in range(2):
+        state, m = step(state, batch)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(FLAGS.steps):
+        t0 = time.perf_counter()
+        state, m = step(state, batch)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    med = times[len(times) // 2]
+    signet = cfg.model.encoder == "signet" and (cfg.image_height, cfg.image_width) == (150, 220)
+    result = {"impl": f"siamjax-{cfg.model.encoder}-{cfg.model.dtype}",
+              "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+              "jax": jax.__version__, "batch": cfg.batch_size, "step_s_median": med,
+              "step_s_min": times[0], "step_s_max": times[-1], "pairs_per_s": cfg.batch_size / med,
+              "tflops": cfg.batch_size / med * SIGNET_GFLOP_PER_PAIR / 1e3 if signet else None,
+              "first_step_s": first, "final_loss": float(m["loss_sum"] / m["count"])}
+    line = json.dumps(result)
+    print(line)
+    if FLAGS.out:
+        with open(FLAGS.out, "a") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)

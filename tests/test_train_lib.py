@@ -1,0 +1,106 @@
+"""train_and_evaluate end to end on the tiny synthetic config: resume, checkpoints, bad workdirs."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import synthetic
+from siamjax import checkpointing, train_lib
+from siamjax.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _cfg(tfds_dir, **overrides):
+    cfg = synthetic.get_config("tiny")
+    cfg.tfds_data_dir = tfds_dir
+    for k, v in overrides.items():
+        cfg[k] = v
+    return cfg
+
+
+def _params(workdir, step):
+    ckpt = checkpointing.Checkpointer(str(workdir), read_only=True)
+    meta = ckpt.restore_meta(step)
+    ckpt.close()
+    return meta
+
+
+def _final_state(cfg, workdir):
+    from siamjax import eval_lib, parallel
+
+    _, variables, step, _ = eval_lib.restore_for_inference(cfg, str(workdir), cfg.num_train_steps,
+                                                           parallel.make_mesh())
+    return jax.device_get(variables), step
+
+
+def test_resumed_training_equals_uninterrupted_training(tfds_dir, tmp_path):
+    full = _cfg(tfds_dir)
+    summary = train_lib.train_and_evaluate(full, str(tmp_path / "full"))
+    assert summary["final_step"] == 12 and np.isfinite(summary["validation"]["eer"])
+
+    half = _cfg(tfds_dir, num_train_steps=7)  # Stops between two checkpoints' steps.
+    train_lib.train_and_evaluate(half, str(tmp_path / "resumed"))
+    train_lib.train_and_evaluate(full, str(tmp_path / "resumed"))
+
+    a, step_a = _final_state(full, tmp_path / "full")
+    b, step_b = _final_state(full, tmp_path / "resumed")
+    assert step_a == step_b == 12
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+    # The workdir has what the README promises.
+    wd = tmp_path / "full"
+    assert (wd / "config.json").exists() and (wd / "summary.json").exists()
+    assert (wd / "pairs" / "validation.json").exists() and (wd / "pairs" / "test.json").exists()
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd))
+    meta = _params(wd, 12)
+    assert 0.0 <= meta["val_threshold"] <= 1.0 and meta["prior_positive"] == pytest.approx(0.5)
+
+
+def test_checkpoints_keep_the_latest_and_the_best(tfds_dir, tmp_path):
+    cfg = _cfg(tfds_dir, num_train_steps=24, keep_checkpoints=1)
+    cfg.eval_every_steps = 6
+    cfg.checkpoint_every_steps = 6
+    train_lib.train_and_evaluate(cfg, str(tmp_path))
+    ckpt = checkpointing.Checkpointer(str(tmp_path), read_only=True)
+    steps = ckpt.all_steps()
+    eers = {s: ckpt.restore_meta(s)["val_metrics"]["eer"] for s in steps}
+    best = ckpt.best_step()
+    ckpt.close()
+    assert 24 in steps and best in steps and len(steps) <= 2
+    assert eers[best] == min(eers.values())
+
+
+def test_a_workdir_of_another_model_is_refused_and_left_alone(tfds_dir, tmp_path):
+    train_lib.train_and_evaluate(_cfg(tfds_dir, num_train_steps=6), str(tmp_path))
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    config_before = (tmp_path / "config.json").read_text()
+    other = _cfg(tfds_dir, num_train_steps=6)
+    other.model.embedding_dim = 32
+    with pytest.raises(UserError, match="different model.*embedding_dim"):
+        train_lib.train_and_evaluate(other, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+    assert (tmp_path / "config.json").read_text() == config_before
+    assert json.loads(config_before)["model"]["embedding_dim"] == 16
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")
+def test_an_unwritable_workdir_is_a_user_error(tfds_dir, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(UserError, match="cannot be written"):
+        train_lib.train_and_evaluate(_cfg(tfds_dir), str(ro / "run"))
+
+
+def test_a_workdir_under_a_file_is_a_user_error(tfds_dir, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="cannot be written"):
+        train_lib.train_and_evaluate(_cfg(tfds_dir), str(tmp_path / "file" / "run"))
