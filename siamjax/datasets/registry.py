@@ -49,6 +49,27 @@ def make_builder(config: ml_collections.ConfigDict) -> tuple[tfds.core.DatasetBu
                                   forgeries_per_writer=s.forgeries_per_writer,
                                   forgers_per_writer=s.forgers_per_writer, height=h, width=w,
                                   seed=s.seed, data_dir=out), None
+    skip = bool(config.real.skip_bad_files)
+    if config.dataset == "sigcomp2011":
+        from siamjax.datasets.sigcomp2011 import sigcomp2011_dataset_builder as sigcomp
+
+        return sigcomp.make_builder(h, w, data_dir=out, skip_bad_files=skip), raw_data_dir(config)
+    if config.dataset == "cedar":
+        from siamjax.datasets.cedar import cedar_dataset_builder as cedar
+
+        return cedar.make_builder(h, w, data_dir=out, skip_bad_files=skip), raw_data_dir(config)
+    if config.dataset == "signature_folder":
+        from siamjax.datasets.signature_folder import signature_folder_dataset_builder as folder
+
+        r = config.real
+        if not r.folder_root or not r.pattern:
+            raise UserError("config.dataset='signature_folder' needs config.real.folder_root and "
+                            "config.real.pattern (see configs/bhsig260.py).")
+        manual = raw_data_dir(config) if not os.path.isabs(r.folder_root) else None
+        return folder.make_builder(root=r.folder_root, pattern=r.pattern, height=h, width=w,
+                                   data_dir=out, genuine_values=r.genuine_values,
+                                   forged_values=r.forged_values, folder_name=r.folder_name,
+                                   skip_bad_files=skip), manual
     raise UserError(f"config.dataset={config.dataset!r}; use one of {DATASETS}.")
 
 

@@ -1,0 +1,10 @@
+"""cedar: the CEDAR offline signature database (official layout or one flat folder)."""
+
+from siamjax.datasets.cedar.cedar_dataset_builder import (
+    Builder,
+    find_root,
+    list_files,
+    make_builder,
+)
+
+__all__ = ["Builder", "find_root", "list_files", "make_builder"]

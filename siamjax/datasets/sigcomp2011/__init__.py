@@ -1,0 +1,12 @@
+"""sigcomp2011: ICDAR 2011 SigComp Dutch offline signatures in Kaggle's sign_data layout."""
+
+from siamjax.datasets.sigcomp2011.sigcomp2011_dataset_builder import (
+    Builder,
+    KagglePair,
+    find_root,
+    list_files,
+    make_builder,
+    read_kaggle_pairs,
+)
+
+__all__ = ["Builder", "KagglePair", "find_root", "list_files", "make_builder", "read_kaggle_pairs"]

@@ -1,0 +1,181 @@
+"""sigcomp2011: ICDAR 2011 SigComp (Dutch offline) in the popular Kaggle `sign_data` layout.
+
+Splits `train` and `test` are Kaggle's folders. They leak: every `test/` image is a byte-identical
+copy of a `train/` image (the build logs how many); an honest evaluation splits writers of `train`
+(`siamjax.pairs`) and drops duplicates by `sha256`. `read_kaggle_pairs` reads Kaggle's pair lists
+for comparison with published numbers only: they share writers and images between their splits.
+
+Not for decoding (`siamjax.preprocess`) nor for what all real builders share (listing, checks,
+thread pool, skip report: `siamjax.datasets.signature_folder`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+
+from absl import logging
+from etils import epath
+
+from siamjax.datasets.signature_folder import signature_folder_dataset_builder as folder
+from siamjax.errors import UserError
+
+SPLITS = ("train", "test")
+_EXT = r"\.(?:png|jpe?g|tiff?|bmp)"
+# The two naming schemes (see the README): genuine WWW_NN / NN_WWW, forged FFFFWWW_NN / NN_FFFFWWW.
+_GENUINE = (
+    re.compile(rf"(?P<writer>\d{{3}})_(?P<n>\d{{2}}){_EXT}", re.IGNORECASE),
+    re.compile(rf"(?P<n>\d{{2}})_(?P<writer>\d{{3}}){_EXT}", re.IGNORECASE),
+)
+_FORGED = (
+    re.compile(rf"(?P<forger>\d{{4}})(?P<writer>\d{{3}})_(?P<n>\d{{2}}){_EXT}", re.IGNORECASE),
+    re.compile(rf"(?P<n>\d{{2}})_(?P<forger>\d{{4}})(?P<writer>\d{{3}}){_EXT}", re.IGNORECASE),
+)
+_FOLDER = re.compile(r"(?P<writer>\d{3})(?P<forg>_forg)?")
+
+
+def classify(rel: str) -> folder.SourceImage | str:
+    """What `train/001/001_01.PNG` or `test/049_forg/02_0114049.PNG` is, or why it is unexpected.
+
+    The writer must agree between folder and file name, genuine names must sit in `NNN/` and
+    forged ones in `NNN_forg/`; the forger id is the name's four-digit FFFF.
+    """
+    parts = rel.split("/")
+    if parts[0] not in SPLITS:
+        return "image outside train/ and test/ (expected <root>/train/NNN/... or test/...)"
+    if len(parts) != 3 or not (folder_match := _FOLDER.fullmatch(parts[1])):
+        return "not in a writer folder (expected train/NNN/ or train/NNN_forg/)"
+    writer, in_forg = folder_match.group("writer"), folder_match.group("forg") is not None
+    name = parts[2]
+    genuine = next((m for p in _GENUINE if (m := p.fullmatch(name))), None)
+    forged = next((m for p in _FORGED if (m := p.fullmatch(name))), None)
+    if genuine is None and forged is None:
+        return "unexpected file name (expected WWW_NN, NN_WWW, FFFFWWW_NN or NN_FFFFWWW)"
+    m = forged if in_forg else genuine
+    if m is None:
+        kind = "forgery" if in_forg else "genuine"
+        return f"name of a {'genuine signature' if in_forg else 'forgery'} in a {kind} folder"
+    if m.group("writer") != writer:
+        return f"file name says writer {m.group('writer')} but the folder says {writer}"
+    forger = int(m.group("forger")) if in_forg else folder.common.UNKNOWN_FORGER
+    return folder.SourceImage(rel, writer, not in_forg, forger, split=parts[0])
+
+
+def find_root(manual_dir: epath.PathLike) -> epath.Path:
+    """The `sign_data` folder (the one holding train/ and test/), given it, its parent
+    `sigcomp2011/`, or the folder holding that."""
+    manual_dir = epath.Path(manual_dir)
+    tried = [
+        manual_dir,
+        manual_dir / "sign_data",
+        manual_dir / "sigcomp2011",
+        manual_dir / "sigcomp2011" / "sign_data",
+        manual_dir / "sign_data" / "sign_data",
+    ]
+    for candidate in tried:
+        if (candidate / "train").is_dir():
+            return candidate
+    raise UserError(
+        f"{manual_dir}: no SigComp2011 sign_data here (looked for train/ in "
+        f"{', '.join(str(t) for t in tried)})"
+    )
+
+
+def list_files(root: epath.PathLike) -> folder.Listing:
+    """Every image under the sign_data root, classified, as the builder enumerates them."""
+    return folder.scan(root, classify)
+
+
+def test_duplicates(listing: folder.Listing) -> tuple[int, int]:
+    """(test images whose bytes repeat a train image, test images)."""
+    hashes = folder.content_hashes(listing.root, listing.images)
+    train = {hashes[im.relpath] for im in listing.split("train")}
+    test = listing.split("test")
+    return sum(hashes[im.relpath] in train for im in test), len(test)
+
+
+@dataclasses.dataclass(frozen=True)
+class KagglePair:
+    """One row of Kaggle's train_data.csv / test_data.csv, in our terms."""
+
+    path1: str  # Relative to the sign_data root, like the examples' `path`: "train/068/09_068.png".
+    path2: str
+    label: int  # 1 = same writer, both genuine; 0 = genuine vs forged (Kaggle's target inverted).
+
+
+def read_kaggle_pairs(root: epath.PathLike, split: str) -> list[KagglePair]:
+    """Kaggle's pairs of `split` ('train' or 'test'), for comparison with published numbers only.
+
+    Kaggle's target is 1 for (genuine, forged) and 0 for (genuine, genuine): the opposite of the
+    verifier's output, so `label = 1 - target`. These pairs LEAK: test writers are train writers
+    and every test image is a train image, so scores on them overstate real performance.
+    `train_data.csv` has a header, `test_data.csv` not; a header is recognised by its target.
+    """
+    if split not in SPLITS:
+        raise UserError(f"split {split!r}: Kaggle's pair lists exist for {SPLITS}")
+    path = epath.Path(root) / f"{split}_data.csv"
+    if not path.exists():
+        raise UserError(
+            f"{path}: no such file (Kaggle's sign_data has train_data.csv and "
+            "test_data.csv beside train/ and test/)"
+        )
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = [f.strip() for f in line.split(",")]
+        if not line.strip() or (number == 1 and fields[-1] == "target"):
+            continue
+        if len(fields) != 3 or fields[2] not in ("0", "1"):
+            raise UserError(
+                f"{path}:{number}: expected img1,img2,target with target 0 or 1, got {line!r}"
+            )
+        pairs.append(KagglePair(f"{split}/{fields[0]}", f"{split}/{fields[1]}", 1 - int(fields[2])))
+    return pairs
+
+
+class Builder(folder.RealBuilder):
+    """SigComp2011 Dutch offline signatures (Kaggle layout), normalised at build time."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+    Download Kaggle's "Signature Verification Dataset" (the `sign_data` folder of SigComp2011's
+    Dutch offline signatures, e.g. robinreni/signature-verification-dataset) and unzip it so
+    that the manual dir (--config.data_dir, or SIAMJAX_DATA_DIR) holds
+    sigcomp2011/sign_data/train/NNN/... (or sign_data/train/..., or train/... directly).
+    """
+    DESCRIPTION = (
+        "ICDAR 2011 SigComp Dutch offline signatures in Kaggle's sign_data layout: 64 writers, "
+        "genuine signatures and skilled forgeries; test/ repeats train/ images."
+    )
+    HOMEPAGE = "https://www.kaggle.com/datasets/robinreni/signature-verification-dataset"
+    BUILDER_CONFIGS = [folder.ImageConfig.of(150, 220)]
+    WHAT = "SigComp2011 sign_data"
+
+    def _listing(self, manual: epath.Path) -> folder.Listing:
+        return list_files(find_root(manual))
+
+    def _after_listing(self, listing: folder.Listing) -> None:
+        repeated, total = test_duplicates(listing)
+        logging.info(
+            "sigcomp2011: %d of %d test/ images repeat a train/ image byte for byte (Kaggle's "
+            "split leaks: split train's writers instead and drop duplicates by sha256)",
+            repeated,
+            total,
+        )
+        counts = collections.Counter((im.split, im.is_genuine) for im in listing.images)
+        logging.info(
+            "sigcomp2011: train %d genuine / %d forged, test %d / %d",
+            counts["train", True],
+            counts["train", False],
+            counts["test", True],
+            counts["test", False],
+        )
+
+
+def make_builder(
+    height: int, width: int, *, data_dir: str, skip_bad_files: bool = False
+) -> Builder:
+    """The SigComp2011 builder for one image size, preparing into `data_dir` (TFDS's folder)."""
+    name = folder.size_name(height, width, skip_bad_files)
+    if name in Builder.builder_configs:  # TFDS refuses a new config object with a known name.
+        return Builder(config=name, data_dir=data_dir)
+    return Builder(config=folder.ImageConfig.of(height, width, skip_bad_files), data_dir=data_dir)
