@@ -7,6 +7,7 @@ a `UserError` into one line on stderr and exit code 2.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -17,6 +18,24 @@ def hide_gpus_from_tensorflow() -> None:
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
+    quiet_library_logs()
+
+
+class _LibraryInfoFilter(logging.Filter):
+    """Drops INFO (and debug) records logged from inside orbax and TFDS: a save alone logs dozens
+    of lines that bury the training progress. Their warnings and errors still pass."""
+
+    _QUIET = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.sep}")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not any(q in record.pathname for q in self._QUIET)
+
+
+def quiet_library_logs() -> None:
+    """Installs the filter on absl's handler (the one every library's absl logging goes to)."""
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_handler().addFilter(_LibraryInfoFilter())
 
 
 def parse_flags(argv: list[str]) -> list[str]:
