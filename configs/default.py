@@ -97,6 +97,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.augment.blur_sigma = 1.0  # Its sigma in pixels.
     c.augment.max_shift = 0  # Random translation up to this many pixels.
 
+    # ---- Evaluation protocol (eval.py) -----------------------------------------------------------
+    c.eval = ml_collections.ConfigDict()
+    # Genuine references per questioned signature (1: the fixed pairs; 5 or 12 as in SigComp2011).
+    c.eval.references = 1
+    c.eval.fusion = "mean"  # How K reference scores become one: 'mean', 'max' or 'min'.
+
     # ---- Training loop ------------------------------------------------------------------------
     c.batch_size = 32  # Global pairs per step, split over all devices; a multiple of the devices.
     c.num_epochs = 6  # Length of training, in epochs of training pairs.

@@ -45,12 +45,24 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, step:
     return model, {"params": state.params, "batch_stats": state.batch_stats}, step, meta
 
 
+def trials_for(data: Data, split: str, config: ml_collections.ConfigDict) -> pairs_lib.Trials:
+    """The split's fixed pairs (K = 1) or its K-reference trials (config.eval.references)."""
+    k = config.eval.references
+    if k == 1:
+        return pairs_lib.pairs_as_trials(data.eval_pairs[split])
+    return pairs_lib.reference_trials(data.catalog.writer, data.catalog.is_genuine,
+                                      data.indices[split], k, config.seed)
+
+
 def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str = "test",
                    step: int | None = None) -> dict[str, Any]:
     """Evaluates `split` ('validation' or 'test'); writes <workdir>/eval/<split>/ and returns the
     metrics dict."""
     if split not in ("validation", "test"):
         raise UserError(f"--split={split!r}; use 'validation' or 'test'.")
+    if config.eval.fusion not in evaluate_metrics.FUSE_METHODS:
+        raise UserError(f"config.eval.fusion={config.eval.fusion!r}; use one of "
+                        f"{evaluate_metrics.FUSE_METHODS}.")
     workdir = os.path.abspath(workdir)
     mesh = parallel.make_mesh()
     model, variables, step, meta = restore_for_inference(config, workdir, step, mesh)
@@ -58,69 +70,82 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str =
     if split not in data.eval_pairs:
         raise UserError(f"the {split} split has no writers under config.split.")
     scorer = evaluate.Scorer(model, mesh, config.eval_batch_size)
-    threshold = meta.get("val_threshold")
-    if threshold is None:  # A checkpoint saved between validations: choose it on validation now.
-        val = data.eval_pairs["validation"]
-        threshold = evaluate.threshold_from(
-            evaluate.sigmoid(scorer.logits(variables, data.catalog.images, val)), val)
+    images = data.catalog.images
+
+    def scored(name):
+        trials = trials_for(data, name, config)
+        return trials, evaluate.trial_scores(scorer, variables, images, trials,
+                                             config.eval.fusion)
+
+    threshold = meta.get("val_threshold") if config.eval.references == 1 else None
+    if threshold is None:  # Chosen on validation under the same protocol (K, fusion).
+        val_trials, val_scores = scored("validation")
+        threshold = evaluate.threshold_from(val_scores, val_trials.kind)
     prior = float(meta.get("prior_positive") or data.prior_positive)
-    pairs = data.eval_pairs[split]
-    scores = evaluate.sigmoid(scorer.logits(variables, data.catalog.images, pairs))
-    metrics = evaluate.metrics_for(scores, pairs, data.catalog, float(threshold), prior)
+    trials, scores = scored(split)
+    claimed = data.catalog.writer[trials.references[:, 0]]
+    metrics = evaluate.metrics_for(scores, trials.kind, claimed, float(threshold), prior)
     out_dir = os.path.join(workdir, "eval", split)
     if jax.process_index() == 0:
-        write_outputs(out_dir, config, step, metrics, scores, pairs, data, prior)
+        write_outputs(out_dir, config, step, metrics, scores, trials, data, prior)
     logging.info("wrote %s", out_dir)
-    print(format_table(metrics, split, step))
+    print(format_table(metrics, split, step, config))
     return metrics
 
 
 def write_outputs(out_dir: str, config: ml_collections.ConfigDict, step: int,
-                  metrics: dict[str, float], scores: np.ndarray, pairs: pairs_lib.Pairs,
+                  metrics: dict[str, float], scores: np.ndarray, trials: pairs_lib.Trials,
                   data: Data, prior: float) -> None:
     """metrics.json, scores.csv and the figures (ROC, DET, histograms, worst pairs)."""
     os.makedirs(out_dir, exist_ok=True)
     cat = data.catalog
     llrs = evaluate_metrics.llr(scores, prior)
     doc = {"metrics": train_lib._jsonable(metrics), "checkpoint_step": int(step),
-           "pair_counts": pairs.counts(), "prior_positive": prior,
+           "pair_counts": trials.counts(), "references": int(trials.references.shape[1]),
+           "fusion": config.eval.fusion, "prior_positive": prior,
            "config": json.loads(config.to_json_best_effort())}
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(doc, f, indent=1)
     with open(os.path.join(out_dir, "scores.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["reference", "questioned", "writer", "kind", "label", "score", "llr"])
-        for i in range(len(pairs)):
-            w.writerow([cat.path[pairs.a[i]], cat.path[pairs.b[i]], cat.writer[pairs.a[i]],
-                        pairs_lib.KIND_NAMES[pairs.kind[i]], int(pairs.label[i]),
+        for i in range(len(trials)):
+            refs = ";".join(cat.path[j] for j in trials.references[i])
+            w.writerow([refs, cat.path[trials.questioned[i]],
+                        cat.writer[trials.references[i, 0]],
+                        pairs_lib.KIND_NAMES[trials.kind[i]], int(trials.label[i]),
                         f"{scores[i]:.6f}", f"{llrs[i]:.4f}"])
-    by_kind = {name: scores[pairs.kind == k] for k, name in enumerate(pairs_lib.KIND_NAMES)}
+    by_kind = {name: scores[trials.kind == k] for k, name in enumerate(pairs_lib.KIND_NAMES)}
     negatives = {k: v for k, v in by_kind.items() if k != "genuine" and len(v)}
     t = metrics["threshold"]
     plots.plot_roc(os.path.join(out_dir, "roc.png"), by_kind["genuine"], negatives, threshold=t)
     plots.plot_det(os.path.join(out_dir, "det.png"), by_kind["genuine"], negatives, threshold=t)
     plots.plot_histograms(os.path.join(out_dir, "histograms.png"), by_kind, threshold=t)
     plots.plot_worst_pairs(os.path.join(out_dir, "worst_pairs.png"),
-                           _worst_pairs(scores, pairs, cat.images[..., 0], cat.path))
+                           _worst_pairs(scores, trials, cat.images[..., 0], cat.path))
 
 
-def _worst_pairs(scores, pairs, images, paths) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """The most confident false accepts (highest-scored forgeries) and false rejects."""
-    neg = np.flatnonzero(pairs.label == 0)
-    pos = np.flatnonzero(pairs.label == 1)
+def _worst_pairs(scores, trials, images, paths) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """The most confident false accepts (highest-scored forgeries) and false rejects, each shown
+    with its first reference."""
+    neg = np.flatnonzero(trials.label == 0)
+    pos = np.flatnonzero(trials.label == 1)
     fa = neg[np.argsort(-scores[neg], kind="stable")][:WORST_PAIRS]
     fr = pos[np.argsort(scores[pos], kind="stable")][:WORST_PAIRS]
     out = []
     for what, rows in (("false accept", fa), ("false reject", fr)):
         for i in rows:
-            names = " | ".join(os.path.basename(paths[j]) for j in (pairs.a[i], pairs.b[i]))
-            title = f"{what} ({pairs_lib.KIND_NAMES[pairs.kind[i]]}) score {scores[i]:.3f}\n{names}"
-            out.append((images[pairs.a[i]], images[pairs.b[i]], title))
+            ref, q = trials.references[i, 0], trials.questioned[i]
+            names = " | ".join(os.path.basename(paths[j]) for j in (ref, q))
+            kind = pairs_lib.KIND_NAMES[trials.kind[i]]
+            out.append((images[ref], images[q], f"{what} ({kind}) score {scores[i]:.3f}\n{names}"))
     return out
 
 
-def format_table(metrics: dict[str, float], split: str, step: int) -> str:
-    lines = [f"{split} split, checkpoint step {step}",
+def format_table(metrics: dict[str, float], split: str, step: int,
+                 config: ml_collections.ConfigDict) -> str:
+    lines = [f"{split} split, checkpoint step {step}, {config.eval.references} reference(s), "
+             f"fusion {config.eval.fusion}",
              f"pairs: {int(metrics['n_genuine'])} genuine, {int(metrics['n_skilled'])} skilled, "
              f"{int(metrics['n_random'])} random"]
     for k in TABLE_KEYS:

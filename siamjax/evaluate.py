@@ -16,7 +16,6 @@ from jax.experimental import multihost_utils
 
 from siamjax import evaluate_metrics, parallel
 from siamjax import pairs as pairs_lib
-from siamjax.catalog import Catalog
 from siamjax.input_pipeline import padded_batches
 from siamjax.models import SiameseNet
 
@@ -63,21 +62,30 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return np.asarray(jax.nn.sigmoid(jnp.asarray(logits, jnp.float32)), np.float64)
 
 
-def metrics_for(scores: np.ndarray, pairs: pairs_lib.Pairs, catalog: Catalog,
+def metrics_for(scores: np.ndarray, kind: np.ndarray, claimed_writer: np.ndarray,
                 threshold: float | None, prior_positive: float) -> dict[str, float]:
-    """All metrics of `siamjax.evaluate_metrics` for scored pairs. With `threshold=None` the
-    threshold is the EER threshold of these very pairs (only right for validation)."""
-    kinds = np.asarray(pairs_lib.KIND_NAMES)[pairs.kind]
+    """All metrics of `siamjax.evaluate_metrics` for scored pairs or trials (kind codes of
+    `siamjax.pairs`). With `threshold=None` the threshold is the EER threshold of these very
+    scores (only right for validation)."""
     if threshold is None:
-        threshold = threshold_from(scores, pairs)
-    return evaluate_metrics.compute_metrics(scores, kinds, catalog.writer[pairs.a],
-                                            threshold=threshold, prior_positive=prior_positive)
+        threshold = threshold_from(scores, kind)
+    return evaluate_metrics.compute_metrics(scores, np.asarray(pairs_lib.KIND_NAMES)[kind],
+                                            claimed_writer, threshold=threshold,
+                                            prior_positive=prior_positive)
 
 
-def threshold_from(scores: np.ndarray, pairs: pairs_lib.Pairs) -> float:
+def threshold_from(scores: np.ndarray, kind: np.ndarray) -> float:
     """The EER threshold (genuine vs skilled, else vs all negatives) of validation scores."""
-    pos = scores[pairs.kind == pairs_lib.GENUINE]
-    neg = scores[pairs.kind == pairs_lib.SKILLED]
+    pos = scores[kind == pairs_lib.GENUINE]
+    neg = scores[kind == pairs_lib.SKILLED]
     if len(neg) == 0:
-        neg = scores[pairs.label == 0]
+        neg = scores[kind != pairs_lib.GENUINE]
     return float(evaluate_metrics.threshold_at_eer(pos, neg))
+
+
+def trial_scores(scorer: Scorer, variables: Any, images: np.ndarray, trials: pairs_lib.Trials,
+                 fusion: str = "mean") -> np.ndarray:
+    """Score in (0, 1) of each trial: its K reference scores fused by `fusion`. [n] float64."""
+    k = trials.references.shape[1]
+    scores = sigmoid(scorer.logits(variables, images, trials.as_pairs())).reshape(len(trials), k)
+    return evaluate_metrics.fuse_scores(scores, fusion) if k > 1 else scores[:, 0]

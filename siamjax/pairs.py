@@ -212,3 +212,64 @@ def save_pairs(path: str, pairs: Pairs, paths: np.ndarray, writer: np.ndarray) -
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump({"counts": pairs.counts(), "pairs": rows}, f, indent=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trials:
+    """Questioned signatures, each scored against K genuine references of its claimed writer
+    (SigComp2011 used K = 1, 5 and 12). All arrays have n rows."""
+
+    questioned: np.ndarray  # int32 [n]
+    references: np.ndarray  # int32 [n, K], genuine images of the claimed writer
+    kind: np.ndarray  # int32 [n], GENUINE / SKILLED / RANDOM
+    label: np.ndarray  # int32 [n], 1 = questioned is genuine
+
+    def __len__(self) -> int:
+        return int(self.questioned.shape[0])
+
+    def counts(self) -> dict[str, int]:
+        return {name: int(np.sum(self.kind == k)) for k, name in enumerate(KIND_NAMES)}
+
+    def as_pairs(self) -> Pairs:
+        """Every (reference, questioned) pair, row-major: trial i's pairs are rows i*K..i*K+K-1."""
+        k = self.references.shape[1]
+        return _make_pairs(self.references.reshape(-1), np.repeat(self.questioned, k),
+                           np.repeat(self.kind, k))
+
+
+def reference_trials(writer: np.ndarray, is_genuine: np.ndarray, indices: np.ndarray, k: int,
+                     seed: int) -> Trials:
+    """Per writer: K genuine references fixed by `seed`; questioned are the writer's other genuine
+    signatures, all its forgeries, and as many genuine signatures of other writers of the split.
+
+    Writers with fewer than K + 1 genuine signatures cannot take part and are left out.
+    """
+    if k < 1:
+        raise UserError(f"config.eval.references={k}: must be >= 1.")
+    rng = np.random.default_rng([seed, 55, k])
+    g = _Groups(writer, is_genuine, indices)
+    q, refs, kind = [], [], []
+    for w in g.writers:
+        gen = np.asarray(g.genuine[w])
+        if len(gen) < k + 1:
+            continue
+        chosen = rng.permutation(gen)
+        r, rest = chosen[:k], chosen[k:]
+        others = g.all_genuine[g.owner != w]
+        rand = rng.choice(others, size=min(len(rest), len(others)), replace=False)
+        for kd, pool in ((GENUINE, rest), (SKILLED, g.forged[w]), (RANDOM, rand)):
+            for i in pool:
+                q.append(int(i))
+                refs.append(r)
+                kind.append(kd)
+    if not q:
+        raise UserError(f"no writer of the split has {k + 1} genuine signatures for "
+                        f"config.eval.references={k}.")
+    kind = np.asarray(kind, np.int32)
+    return Trials(np.asarray(q, np.int32), np.asarray(refs, np.int32).reshape(len(q), k), kind,
+                  (kind == GENUINE).astype(np.int32))
+
+
+def pairs_as_trials(pairs: Pairs) -> Trials:
+    """Fixed pairs seen as trials with one reference each."""
+    return Trials(pairs.b, pairs.a[:, None], pairs.kind, pairs.label)

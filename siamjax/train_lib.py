@@ -122,7 +122,7 @@ def _model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def check_model_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Raises if `workdir` holds a run of another model than `config.model`, or of an unknown one."""
+    """Raises if `workdir` holds a run of another model than `config.model` (or of unknown one)."""
     path = os.path.join(workdir, "config.json")
     mine = _model_fingerprint(config)
     if os.path.exists(path):
@@ -173,7 +173,8 @@ def _validate(scorer: evaluate.Scorer, state: TrainState, data: Data) -> dict[st
     pairs = data.eval_pairs["validation"]
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     scores = evaluate.sigmoid(scorer.logits(variables, data.catalog.images, pairs))
-    return evaluate.metrics_for(scores, pairs, data.catalog, None, data.prior_positive)
+    return evaluate.metrics_for(scores, pairs.kind, data.catalog.writer[pairs.a], None,
+                                data.prior_positive)
 
 
 def _fmt_time(seconds: float) -> str:

@@ -119,3 +119,31 @@ def test_evaluation_pairs_are_fixed_distinct_and_complete(tmp_path):
     doc = json.loads((tmp_path / "p" / "test.json").read_text())
     assert len(doc["pairs"]) == len(e) and doc["counts"] == e.counts()
     assert doc["pairs"][0]["reference"] == paths[e.a[0]]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_reference_trials(k):
+    writer, is_genuine, _ = _toy(num_writers=6, genuine=6, forged=4)
+    idx = np.arange(len(writer))
+    t = pairs.reference_trials(writer, is_genuine, idx, k, seed=0)
+    assert t.references.shape == (len(t), k)
+    c = t.counts()
+    assert c["genuine"] == 6 * (6 - k) and c["skilled"] == 6 * 4 and c["random"] == c["genuine"]
+    for q, refs, kind in zip(t.questioned, t.references, t.kind):
+        assert np.all(is_genuine[refs]) and len(set(writer[refs])) == 1
+        assert q not in refs
+        same = writer[q] == writer[refs[0]]
+        assert same == (kind != pairs.RANDOM)
+        assert is_genuine[q] == (kind != pairs.SKILLED)
+    # Every trial of a writer uses the same K references.
+    for w in set(writer):
+        rows = t.references[writer[t.references[:, 0]] == w]
+        assert len({tuple(r) for r in rows}) == 1
+    p = t.as_pairs()
+    assert len(p) == len(t) * k and np.array_equal(p.b[::k], t.questioned)
+
+
+def test_reference_trials_need_enough_genuine_signatures():
+    writer, is_genuine, _ = _toy(num_writers=3, genuine=4, forged=1)
+    with pytest.raises(UserError, match="references=4"):
+        pairs.reference_trials(writer, is_genuine, np.arange(len(writer)), 4, seed=0)
