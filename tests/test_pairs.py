@@ -110,7 +110,7 @@ def test_evaluation_pairs_are_fixed_distinct_and_complete(tmp_path):
     e = pairs.eval_pairs(writer, is_genuine, idx, cfg.pairs, seed=0)
     n_gen = int(is_genuine.sum())
     assert e.counts() == {k: cfg.pairs.eval_per_genuine * n_gen for k in pairs.KIND_NAMES}
-    assert len({(a, b) for a, b in zip(e.a, e.b)}) == len(e)
+    assert len({(a, b) for a, b in zip(e.a, e.b, strict=True)}) == len(e)
     np.testing.assert_array_equal(e.b, pairs.eval_pairs(writer, is_genuine, idx, cfg.pairs, 0).b)
     paths = np.array([f"img{i}.png" for i in range(len(writer))])
     pairs.save_pairs(str(tmp_path / "p" / "test.json"), e, paths, writer)
@@ -129,7 +129,7 @@ def test_reference_trials(k):
     assert t.references.shape == (len(t), k)
     c = t.counts()
     assert c["genuine"] == 6 * (6 - k) and c["skilled"] == 6 * 4 and c["random"] == c["genuine"]
-    for q, refs, kind in zip(t.questioned, t.references, t.kind):
+    for q, refs, kind in zip(t.questioned, t.references, t.kind, strict=True):
         assert np.all(is_genuine[refs]) and len(set(writer[refs])) == 1
         assert q not in refs
         same = writer[q] == writer[refs[0]]
