@@ -65,3 +65,9 @@ def from_builder(builder: tfds.core.DatasetBuilder, split: str = "train",
 
 def take(cat: Catalog, idx: np.ndarray) -> Catalog:
     return Catalog(**{f.name: getattr(cat, f.name)[idx] for f in dataclasses.fields(cat)})
+
+
+def concatenate(parts: list[Catalog]) -> Catalog:
+    """One catalog of several (e.g. two splits), in the given order."""
+    return Catalog(**{f.name: np.concatenate([getattr(c, f.name) for c in parts])
+                      for f in dataclasses.fields(Catalog)})

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from siamjax import catalog as catalog_lib
 from siamjax import pairs as pairs_lib
 from siamjax import parallel
 from siamjax.catalog import Catalog
@@ -27,21 +28,26 @@ from siamjax.errors import UserError
 
 
 class Data:
-    """The catalog, its writer-disjoint splits and the fixed evaluation pairs of a config."""
+    """The catalog, its writer-disjoint splits and the fixed evaluation pairs of a config.
+
+    With `config.split.method == 'kaggle_csv'` (SigComp2011 only) the splits are Kaggle's own
+    pair lists instead: `train_data.csv` trains (its last 10% of rows validate) and
+    `test_data.csv` tests. They share writers and images, so their numbers are only comparable
+    with published Kaggle results, never a measure of verification on unseen writers.
+    """
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
-        self.catalog: Catalog = registry.load_catalog(config)
+        # Fixed training pairs (kaggle_csv); None: pairs are drawn from the train split per epoch.
+        self.train_pairs: pairs_lib.Pairs | None = None
+        if config.split.method == "kaggle_csv":
+            self._init_kaggle(config)
+        else:
+            self._init_writer_disjoint(config)
         cat = self.catalog
-        self.splits = pairs_lib.split_writers(cat.writer, config.split, config.seed)
-        self.indices = pairs_lib.split_indices(cat.writer, self.splits)
-        pairs_lib.check_disjoint(cat.writer, cat.sha256, self.indices)
-        self.eval_pairs = {
-            name: pairs_lib.eval_pairs(cat.writer, cat.is_genuine, self.indices[name],
-                                       config.pairs, config.seed)
-            for name in ("validation", "test") if len(self.indices[name])}
         total = config.pairs.positive + config.pairs.skilled + config.pairs.random
         # Share of positives among training pairs: the prior behind the model's scores.
-        self.prior_positive = float(config.pairs.positive / total)
+        self.prior_positive = (float(config.pairs.positive / total) if self.train_pairs is None
+                               else float(np.mean(self.train_pairs.label)))
         logging.info("dataset: %s", cat.summary())
         for name in pairs_lib.SPLITS:
             idx = self.indices[name]
@@ -57,15 +63,58 @@ class Data:
             with open(os.path.join(workdir, "pairs", "splits.json"), "w") as f:
                 json.dump(self.splits, f, indent=1)
 
+    def _init_writer_disjoint(self, config: ml_collections.ConfigDict) -> None:
+        self.catalog: Catalog = registry.load_catalog(config)
+        cat = self.catalog
+        self.splits = pairs_lib.split_writers(cat.writer, config.split, config.seed)
+        self.indices = pairs_lib.split_indices(cat.writer, self.splits)
+        pairs_lib.check_disjoint(cat.writer, cat.sha256, self.indices)
+        self.eval_pairs = {
+            name: pairs_lib.eval_pairs(cat.writer, cat.is_genuine, self.indices[name],
+                                       config.pairs, config.seed)
+            for name in ("validation", "test") if len(self.indices[name])}
+
+    def _init_kaggle(self, config: ml_collections.ConfigDict) -> None:
+        if config.dataset != "sigcomp2011":
+            raise UserError("config.split.method='kaggle_csv' needs config.dataset='sigcomp2011'.")
+        from siamjax.datasets.sigcomp2011 import sigcomp2011_dataset_builder as sigcomp
+
+        logging.warning("split 'kaggle_csv': Kaggle's pair lists share writers and images between "
+                        "train and test; the numbers overstate verification of unseen writers.")
+        builder = registry.prepare(config)
+        parts = [catalog_lib.from_builder(builder, s, dedupe=False) for s in ("train", "test")]
+        self.catalog = catalog_lib.concatenate(parts)
+        cat = self.catalog
+        where = {p: i for i, p in enumerate(cat.path)}
+        root = sigcomp.find_root(registry.raw_data_dir(config))
+
+        def as_pairs(rows):
+            missing = [r.path2 for r in rows if r.path1 not in where or r.path2 not in where]
+            if missing:
+                raise UserError(f"Kaggle pair list names {missing[0]}, which the prepared "
+                                "dataset does not hold.")
+            a = [where[r.path1] for r in rows]
+            b = [where[r.path2] for r in rows]
+            kind = [pairs_lib.GENUINE if r.label else pairs_lib.SKILLED for r in rows]
+            return pairs_lib._make_pairs(a, b, kind)
+
+        train_rows = sigcomp.read_kaggle_pairs(root, "train")
+        n_val = len(train_rows) // 10
+        self.train_pairs = as_pairs(train_rows[:-n_val])
+        self.eval_pairs = {"validation": as_pairs(train_rows[-n_val:]),
+                           "test": as_pairs(sigcomp.read_kaggle_pairs(root, "test"))}
+        is_test = np.char.startswith(cat.path.astype(str), "test/")
+        self.indices = {"train": np.flatnonzero(~is_test), "validation": np.flatnonzero(~is_test),
+                        "test": np.flatnonzero(is_test)}
+        self.splits = {k: sorted(set(cat.writer[v])) for k, v in self.indices.items()}
 
 
 class TrainData:
-    """Training pair batches over the training writers of a catalog."""
+    """Training pair batches: drawn per epoch from the training writers, or (kaggle_csv) a fixed
+    list of pairs shuffled per epoch."""
 
-    def __init__(self, catalog: Catalog, train_indices: np.ndarray,
-                 config: ml_collections.ConfigDict):
-        self.catalog = catalog
-        self.indices = train_indices
+    def __init__(self, data: Data, config: ml_collections.ConfigDict):
+        self.data = data
         self.config = config
         self.batch_size = config.batch_size
         n_pairs = len(self._pairs(0))
@@ -74,12 +123,16 @@ class TrainData:
             raise UserError(f"{n_pairs} training pairs per epoch are fewer than "
                             f"config.batch_size={self.batch_size}.")
         # One device-independent copy of all images; gathered per batch, never decoded again.
-        self._images = tf.constant(catalog.images)
+        self._images = tf.constant(data.catalog.images)
 
     def _pairs(self, epoch: int) -> pairs_lib.Pairs:
-        return pairs_lib.sample_train_pairs(self.catalog.writer, self.catalog.is_genuine,
-                                            self.indices, self.config.pairs, self.config.seed,
-                                            epoch)
+        if self.data.train_pairs is not None:
+            order = np.random.default_rng([self.config.seed, epoch, 7]).permutation(
+                len(self.data.train_pairs))
+            return self.data.train_pairs.take(order)
+        cat = self.data.catalog
+        return pairs_lib.sample_train_pairs(cat.writer, cat.is_genuine, self.data.indices["train"],
+                                            self.config.pairs, self.config.seed, epoch)
 
     def _epoch_dataset(self, epoch: int, skip_batches: int) -> tf.data.Dataset:
         p = self._pairs(epoch)

@@ -90,7 +90,7 @@ def split_writers(writers: Sequence[str], cfg: ml_collections.ConfigDict,
                          if i not in (cfg.fold, (cfg.fold + 1) % k) for w in f]}
     else:
         raise UserError(f"config.split.method={cfg.method!r}; use 'fractions', 'writers', "
-                        "'kfold' or 'kaggle_csv'.")
+                        "'kfold' or (SigComp2011's leaking pair lists) 'kaggle_csv'.")
     return {k: sorted(v) for k, v in out.items()}
 
 

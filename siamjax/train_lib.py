@@ -204,7 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data = Data(config, workdir)
     if "validation" not in data.eval_pairs:
         raise UserError("the validation split is empty: set config.split so that it has writers.")
-    train_data = TrainData(data.catalog, data.indices["train"], config)
+    train_data = TrainData(data, config)
     num_steps = _num_steps(config, train_data.steps_per_epoch)
 
     model = models.create_model(config.model)

@@ -1,9 +1,11 @@
-"""Configs alone wire datasets: a BHSig260-like folder loads through `signature_folder`."""
+"""Configs alone wire datasets: a BHSig260-like folder loads through `signature_folder`; the
+Kaggle pair lists load as a protocol of their own."""
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
-from configs import bhsig260
+from configs import bhsig260, sigcomp
 from siamjax.input_pipeline import Data
 
 
@@ -38,3 +40,27 @@ def test_a_bhsig260_layout_loads_with_the_config_only(tmp_path):
     assert cat.images.shape == (48, 32, 48, 1) and cat.images.dtype == np.uint8
     assert sorted(sum(data.splits.values(), [])) == sorted(set(cat.writer))
     assert set(data.eval_pairs) == {"validation", "test"}
+
+
+@pytest.mark.realdata
+def test_kaggle_csv_protocol_uses_kaggles_pair_lists(tmp_path):
+    from conftest import real_data_path
+
+    data_dir = real_data_path("sigcomp2011", "sign_data").parent.parent
+    cfg = sigcomp.get_config("smoke")
+    cfg.data_dir = str(data_dir)
+    cfg.tfds_data_dir = str(tmp_path)
+    cfg.image_height, cfg.image_width = 32, 48
+    cfg.split.method = "kaggle_csv"
+    data = Data(cfg)
+    assert len(data.catalog) == 1649 + 500  # Both Kaggle folders, duplicates kept.
+    n_train = len(data.train_pairs) + len(data.eval_pairs["validation"])
+    assert n_train == 23206 and len(data.eval_pairs["test"]) == 5748
+    test = data.eval_pairs["test"]
+    assert all(data.catalog.path[i].startswith("test/") for i in np.concatenate([test.a, test.b]))
+    # Kaggle's target 1 marks (genuine, forged): our label 0, kind skilled, a forged image.
+    skilled = test.kind == 1
+    assert np.all(test.label[skilled] == 0)
+    assert not np.any(data.catalog.is_genuine[test.b[skilled]])
+    assert np.all(data.catalog.is_genuine[test.b[~skilled]])
+    assert 0.0 < data.prior_positive < 1.0
