@@ -17,6 +17,14 @@ def get_config(variant: str = "") -> "ml_collections.ConfigDict":  # noqa: F821
     c.model.encoder = "small"
     c.model.embedding_dim = 64
     c.model.head_hidden = (64,)
+    # |e1 - e2|: with the signed difference the small model learns to spot a forger's tremor in
+    # the questioned image alone and stays poor at telling writers apart (random-forgery EER
+    # ~15%); the symmetric comparison learns both (measured: skilled 7.6%, random 5.3% EER).
+    c.model.combine = "absdiff"
+    c.synthetic.num_writers = 150  # More writers generalise better than more epochs over 60.
+    c.pairs.skilled = 0.2
+    c.pairs.random = 0.3
+    c.augment.max_shift = 3
     c.learning_rate = 1e-2
     c.batch_size = 32
     c.num_epochs = 6
@@ -24,9 +32,9 @@ def get_config(variant: str = "") -> "ml_collections.ConfigDict":  # noqa: F821
     c.eval_every_steps = 200
     c.checkpoint_every_steps = 200
     if variant == "tiny":
+        c.synthetic.num_writers = 12
         c.image_height = 32
         c.image_width = 48
-        c.synthetic.num_writers = 12
         c.synthetic.genuine_per_writer = 4
         c.synthetic.forgeries_per_writer = 4
         c.synthetic.forgers_per_writer = 2

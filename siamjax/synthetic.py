@@ -42,6 +42,12 @@ import numpy as np
 _STEPS = 24
 # Rendered spacing of pen positions, in output pixels (denser than a pixel: no gaps).
 _SPACING_PX = 0.5
+# Genuine sample-to-sample variation of the whole signature (forgeries get 1.3x): std of rotation
+# and shear in degrees and of log-scale per axis, the smallest fraction of the canvas it fills, and
+# the fraction of the leftover canvas its centre may wander over.
+# Forgeries vary more from sample to sample than genuine signatures, by this factor.
+_FORGERY_NOISE = 1.3
+_JITTER = {"rotation_deg": 1.0, "shear_deg": 1.5, "scale": 0.03, "fill": 0.88, "shift": 0.15}
 
 
 @dataclasses.dataclass
@@ -96,6 +102,7 @@ class Forger:
     tremor: float  # Amplitude of the wobble, signature units.
     tremor_wavelength: float  # Its wavelength along the stroke, signature units.
     blobs: float  # Hesitation blobs per signature unit of stroke length.
+    stops: float  # Probability of a hesitation blob where the pen turns sharply.
     breaks: float  # Pen lifts inside a word per signature unit of stroke length.
     angular: float  # Blend towards a polyline through sparse points (0 = the fluent curve).
     bias_seed: int  # Seeds the forger's fixed errors on individual turning points.
@@ -231,12 +238,12 @@ def make_writer(seed: int, writer: int) -> Writer:
         "desc": rng.uniform(1.0, 1.7),
         "upright": rng.uniform(0.3, 0.9),
     }
-    n_words = int(rng.choice([1, 2, 3], p=[0.3, 0.55, 0.15]))
+    n_words = int(rng.choice([1, 2, 3], p=[0.35, 0.55, 0.1]))
     words, marks = [], []
     x = 0.0
     for w in range(n_words):
-        initial_only = w == 0 and n_words > 1 and rng.random() < 0.3
-        n_letters = 0 if initial_only else int(rng.integers(3, 8 if n_words == 1 else 6))
+        initial_only = w < n_words - 1 and rng.random() < (0.4 if w == 0 else 0.8)
+        n_letters = 0 if initial_only else int(rng.integers(3, 7 if n_words == 1 else 5))
         capital = w == 0 or rng.random() < 0.7
         word, needs = _make_word(rng, n_letters, capital, style, x)
         word.y0 = rng.uniform(-0.25, 0.25)
@@ -283,7 +290,7 @@ def make_writer(seed: int, writer: int) -> Writer:
         marks=marks,
         slant=np.deg2rad(rng.uniform(-10.0, 35.0)),
         width=rng.uniform(0.11, 0.2),
-        pressure=rng.uniform(0.3, 0.8),
+        pressure=rng.uniform(0.6, 1.1),
         taper=rng.uniform(0.3, 0.7),
         speed_ink=rng.uniform(0.2, 0.45),
         baseline_curve=rng.normal(0.0, 0.15),
@@ -308,10 +315,11 @@ def make_forger(seed: int, writer: int, forger: int) -> Forger:
         letter_width=away(1.08, 1.25),
         loop=away(1.2, 1.6),
         width=rng.uniform(0.72, 0.92),
-        tremor=rng.uniform(0.025, 0.045),
-        tremor_wavelength=rng.uniform(0.4, 0.7),
-        blobs=rng.uniform(0.1, 0.25),
-        breaks=rng.uniform(0.02, 0.06),
+        tremor=rng.uniform(0.03, 0.05),
+        tremor_wavelength=rng.uniform(0.45, 0.8),
+        blobs=rng.uniform(0.05, 0.15),
+        stops=rng.uniform(0.3, 0.7),
+        breaks=rng.uniform(0.04, 0.08),
         angular=rng.uniform(0.1, 0.35),
         bias_seed=int(rng.integers(2**31)),
     )
@@ -333,9 +341,10 @@ class Stroke:
 def _perturb_word(word: Word, rng: np.random.Generator, amount: float) -> Word:
     k = len(word.drift)
     return Word(
-        ys=word.ys + rng.normal(0.0, 0.06 * amount, k + 1) * np.maximum(np.abs(word.ys), 0.5),
+        ys=word.ys + rng.normal(0.0, 0.05 * amount, k + 1) * np.maximum(np.abs(word.ys), 0.5),
         turn=word.turn + rng.normal(0.0, 0.12 * amount, k + 1),
-        drift=word.drift * np.exp(rng.normal(0.0, 0.06 * amount, k)),
+        # Mostly one stretch for the word, little per letter: letters keep their relative widths.
+        drift=word.drift * np.exp(rng.normal(0.0, 0.04 * amount) + rng.normal(0.0, 0.03 * amount, k)),
         x0=word.x0 + rng.normal(0.0, 0.05 * amount),
         y0=word.y0 + rng.normal(0.0, 0.05 * amount),
         upright=word.upright,
@@ -406,7 +415,7 @@ def _pen_profile(
     d = np.gradient(p, axis=0)
     down = -d[:, 1] / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
     slow = _smooth_noise(rng, s, 2.0, 2) * 0.08
-    press = 1.0 + pressure * 0.5 * down + slow
+    press = np.maximum(1.0 + pressure * 0.5 * down + slow, 0.3)
     width = ends * press
     fast = 0.5 - 0.5 * down + 0.5 * (1.0 - ends)
     ink = np.clip(1.0 - speed_ink * fast + 0.5 * slow, 0.35, 1.0)
@@ -421,7 +430,7 @@ def _signature_strokes(
         words = [_perturb_word(w, rng, 1.0) for w in writer.words]
     else:
         bias = np.random.default_rng(forger.bias_seed)
-        words = [_perturb_word(_forge_word(w, forger, bias), rng, 1.3) for w in writer.words]
+        words = [_perturb_word(_forge_word(w, forger, bias), rng, _FORGERY_NOISE) for w in writer.words]
     strokes: list[np.ndarray] = []
     shifts = []
     for w0, w in zip(writer.words, words, strict=True):
@@ -481,12 +490,22 @@ def _forgery_execution(
         kx, ky = np.interp(knots, s, p[:, 0]), np.interp(knots, s, p[:, 1])
         poly = np.stack([np.interp(s, knots, kx), np.interp(s, knots, ky)], axis=1)
         p = (1 - forger.angular) * p + forger.angular * poly
+    smooth = p
     # Tremor across the stroke, its amplitude wandering slowly.
     envelope = 0.6 + 0.4 * _smooth_noise(rng, s, 3.0, 2) ** 2
     wobble = forger.tremor * envelope * _smooth_noise(rng, s, forger.tremor_wavelength)
     p = p + _normals(p) * wobble[:, None]
-    # Hesitation blobs: the pen rests and the ink spreads.
+    # Hesitation blobs: the pen rests and the ink spreads; a slow copyist rests where it turns.
     blob = np.ones_like(s)
+    heading = np.unwrap(np.arctan2(*np.gradient(smooth, axis=0).T[::-1]))
+    curvature = np.abs(np.gradient(heading)) / np.maximum(np.gradient(s), 1e-9)
+    turns = np.nonzero(
+        (curvature > 5.0)
+        & (curvature >= np.roll(curvature, 1))
+        & (curvature >= np.roll(curvature, -1))
+    )[0]
+    for i in turns[rng.random(len(turns)) < forger.stops]:
+        blob += rng.uniform(0.4, 0.9) * np.exp(-0.5 * ((s - s[i]) / 0.05) ** 2)
     n_blobs = rng.poisson(forger.blobs * total)
     for c in rng.uniform(0.0, total, n_blobs):
         blob += rng.uniform(0.6, 1.1) * np.exp(-0.5 * ((s - c) / 0.05) ** 2)
@@ -499,7 +518,7 @@ def _forgery_execution(
     offset = np.zeros(2)
     for c in cuts:
         i = int(np.searchsorted(s, c))
-        gap = max(i + int(0.04 / 0.02), i + 1)
+        gap = i + int(rng.uniform(0.1, 0.2) / 0.02)
         if i - start < 3 or gap >= len(s) - 3:
             continue
         pieces.append((p[start:i] + offset, blob[start:i]))
@@ -551,9 +570,9 @@ def _render(
     forger copies the reference's overall size with a similar pen, so after normalisation their
     strokes are as thick as the writer's even where their proportions (and hence fit) differ.
     """
-    rot = writer.rotation + rng.normal(0.0, np.deg2rad(1.5) * jitter)
-    sh = np.tan(slant + rng.normal(0.0, np.deg2rad(2.0) * jitter))
-    sx, sy = np.exp(rng.normal(0.0, 0.04 * jitter, 2))
+    rot = writer.rotation + rng.normal(0.0, np.deg2rad(_JITTER["rotation_deg"]) * jitter)
+    sh = np.tan(slant + rng.normal(0.0, np.deg2rad(_JITTER["shear_deg"]) * jitter))
+    sx, sy = np.exp(rng.normal(0.0, _JITTER["scale"] * jitter, 2))
     a = np.array([[np.cos(rot), -np.sin(rot)], [np.sin(rot), np.cos(rot)]])
     a = a @ np.array([[sx, sh * sy], [0.0, sy]])
     all_pts = np.concatenate([st.points for st in strokes])
@@ -569,12 +588,12 @@ def _render(
     pad = max(st.width.max() for st in strokes) * pen_scale / 2
     lo, hi = q.min(0) - pad, q.max(0) + pad
     margin = 0.05
-    fill = rng.uniform(0.88, 1.0)
+    fill = rng.uniform(_JITTER["fill"], 1.0)
     scale = fill * min(width * (1 - 2 * margin) / (hi[0] - lo[0]),
                        height * (1 - 2 * margin) / (hi[1] - lo[1]))
     # Centre with a little slack, then flip y (image rows grow downwards).
     slack = np.array([width, height]) - scale * (hi - lo)
-    centre = np.array([width, height]) / 2 + rng.uniform(-0.25, 0.25, 2) * slack * 0.3
+    centre = np.array([width, height]) / 2 + rng.uniform(-0.5, 0.5, 2) * slack * _JITTER["shift"]
     mid = (lo + hi) / 2
     pts_list, rad_list, ink_list = [], [], []
     for p, st in zip(transformed, strokes, strict=True):
@@ -611,7 +630,7 @@ def render_forgery(writer: Writer, forger: Forger, index: int, height: int, widt
     rng = _rng(seed, writer_index, 3, index)
     strokes, _ = _signature_strokes(writer, rng, forger)
     ref = _template_scale(writer, height, width)
-    return _render(strokes, writer, writer.slant + forger.slant, height, width, rng, 1.3, ref)
+    return _render(strokes, writer, writer.slant + forger.slant, height, width, rng, _FORGERY_NOISE, ref)
 
 
 def _template_scale(writer: Writer, height: int, width: int) -> float:
