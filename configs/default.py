@@ -102,6 +102,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Genuine references per questioned signature (1: the fixed pairs; 5 or 12 as in SigComp2011).
     c.eval.references = 1
     c.eval.fusion = "mean"  # How K reference scores become one: 'mean', 'max' or 'min'.
+    # Per-writer thresholds (needs references >= 2): each writer's threshold moves with how its
+    # references score against each other (enrolment only): t_w = t + (m_w - mean over the
+    # validation writers of m_w), with t chosen on validation.
+    c.eval.user_thresholds = False
 
     # ---- Training loop ------------------------------------------------------------------------
     c.batch_size = 32  # Global pairs per step, split over all devices; a multiple of the devices.

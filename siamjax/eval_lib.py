@@ -74,15 +74,26 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str =
 
     def scored(name):
         trials = trials_for(data, name, config)
-        return trials, evaluate.trial_scores(scorer, variables, images, trials,
-                                             config.eval.fusion)
+        scores = evaluate.trial_scores(scorer, variables, images, trials, config.eval.fusion)
+        offsets = (evaluate.enrollment_means(scorer, variables, images, trials)
+                   if config.eval.user_thresholds else None)
+        return trials, scores, offsets
 
+    per_writer = bool(config.eval.user_thresholds)
     threshold = meta.get("val_threshold") if config.eval.references == 1 else None
-    if threshold is None:  # Chosen on validation under the same protocol (K, fusion).
-        val_trials, val_scores = scored("validation")
+    if threshold is None or per_writer:  # Chosen on validation under the same protocol.
+        val_trials, val_scores, val_offsets = scored("validation")
+    if per_writer:
+        # Moving each writer's threshold by (m_w - m) is moving its scores by (m - m_w) under one
+        # threshold; the moved scores stay probabilities (clipped) so every metric applies.
+        center = float(np.mean(val_offsets))
+        val_scores = _shifted(val_scores, center - val_offsets)
+    if threshold is None or per_writer:
         threshold = evaluate.threshold_from(val_scores, val_trials.kind)
     prior = float(meta.get("prior_positive") or data.prior_positive)
-    trials, scores = scored(split)
+    trials, scores, offsets = scored(split)
+    if per_writer:
+        scores = _shifted(scores, center - offsets)
     claimed = data.catalog.writer[trials.references[:, 0]]
     metrics = evaluate.metrics_for(scores, trials.kind, claimed, float(threshold), prior)
     out_dir = os.path.join(workdir, "eval", split)
@@ -91,6 +102,10 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str =
     logging.info("wrote %s", out_dir)
     print(format_table(metrics, split, step, config))
     return metrics
+
+
+def _shifted(scores: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    return np.clip(scores + delta, 1e-6, 1.0 - 1e-6)
 
 
 def write_outputs(out_dir: str, config: ml_collections.ConfigDict, step: int,
@@ -102,7 +117,8 @@ def write_outputs(out_dir: str, config: ml_collections.ConfigDict, step: int,
     llrs = evaluate_metrics.llr(scores, prior)
     doc = {"metrics": train_lib._jsonable(metrics), "checkpoint_step": int(step),
            "pair_counts": trials.counts(), "references": int(trials.references.shape[1]),
-           "fusion": config.eval.fusion, "prior_positive": prior,
+           "fusion": config.eval.fusion, "user_thresholds": bool(config.eval.user_thresholds),
+           "prior_positive": prior,
            "config": json.loads(config.to_json_best_effort())}
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(doc, f, indent=1)
@@ -144,8 +160,9 @@ def _worst_pairs(scores, trials, images, paths) -> list[tuple[np.ndarray, np.nda
 
 def format_table(metrics: dict[str, float], split: str, step: int,
                  config: ml_collections.ConfigDict) -> str:
+    per_writer = ", per-writer thresholds" if config.eval.user_thresholds else ""
     lines = [f"{split} split, checkpoint step {step}, {config.eval.references} reference(s), "
-             f"fusion {config.eval.fusion}",
+             f"fusion {config.eval.fusion}{per_writer}",
              f"pairs: {int(metrics['n_genuine'])} genuine, {int(metrics['n_skilled'])} skilled, "
              f"{int(metrics['n_random'])} random"]
     for k in TABLE_KEYS:

@@ -16,6 +16,7 @@ from jax.experimental import multihost_utils
 
 from siamjax import evaluate_metrics, parallel
 from siamjax import pairs as pairs_lib
+from siamjax.errors import UserError
 from siamjax.input_pipeline import padded_batches
 from siamjax.models import SiameseNet
 
@@ -89,3 +90,22 @@ def trial_scores(scorer: Scorer, variables: Any, images: np.ndarray, trials: pai
     k = trials.references.shape[1]
     scores = sigmoid(scorer.logits(variables, images, trials.as_pairs())).reshape(len(trials), k)
     return evaluate_metrics.fuse_scores(scores, fusion) if k > 1 else scores[:, 0]
+
+
+def enrollment_means(scorer: Scorer, variables: Any, images: np.ndarray,
+                     trials: pairs_lib.Trials) -> np.ndarray:
+    """Per trial, the mean score of its K references scored against each other. [n] float64.
+
+    It is what this writer's genuine signatures score among themselves, known from enrolment
+    alone (no questioned signature, no label), so a per-writer threshold can be set from it.
+    """
+    k = trials.references.shape[1]
+    if k < 2:
+        raise UserError("per-writer thresholds need config.eval.references >= 2.")
+    sets, inverse = np.unique(trials.references, axis=0, return_inverse=True)
+    i, j = np.nonzero(~np.eye(k, dtype=bool))
+    a, b = sets[:, i].reshape(-1), sets[:, j].reshape(-1)
+    pairs = pairs_lib.Pairs(a.astype(np.int32), b.astype(np.int32), np.ones_like(a, np.int32),
+                            np.zeros_like(a, np.int32))
+    scores = sigmoid(scorer.logits(variables, images, pairs)).reshape(len(sets), -1)
+    return scores.mean(axis=1)[np.reshape(inverse, -1)]
