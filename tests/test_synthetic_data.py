@@ -1,0 +1,90 @@
+"""The embedded procedural signatures: deterministic, well-formed, and not trivially separable."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from siamjax import synthetic
+from siamjax.datasets.synthetic import synthetic_dataset_builder as builder_lib
+
+ARGS = dict(num_writers=6, genuine_per_writer=5, forgeries_per_writer=5, forgers_per_writer=2,
+            height=48, width=72)
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return list(synthetic.render_dataset(seed=7, **ARGS))
+
+
+def test_counts_shapes_and_labels(examples):
+    assert len(examples) == 6 * 10
+    for e in examples:
+        assert e["image"].shape == (48, 72, 1) and e["image"].dtype == np.uint8
+        assert e["image"].max() > 128 and (e["image"] > 0).mean() < 0.5  # Ink high, on 0.
+        assert e["is_genuine"] == (e["forger"] == -1)
+    assert len({e["writer"] for e in examples}) == 6
+    assert len({e["sha256"] for e in examples}) == len(examples)
+    assert len({e["path"] for e in examples}) == len(examples)
+    forgers = {e["forger"] for e in examples if not e["is_genuine"]}
+    assert len(forgers) == 6 * 2  # Each writer's forgeries come from its own forgers.
+
+
+def test_deterministic_from_the_seed(examples):
+    again = list(synthetic.render_dataset(seed=7, **ARGS))
+    assert [e["sha256"] for e in again] == [e["sha256"] for e in examples]
+    other = list(synthetic.render_dataset(seed=8, **ARGS))
+    assert not {e["sha256"] for e in other} & {e["sha256"] for e in examples}
+
+
+def _by_writer(examples):
+    out = {}
+    for e in examples:
+        g, f = out.setdefault(e["writer"], ([], []))
+        (g if e["is_genuine"] else f).append(e["image"][..., 0].astype(np.float64) / 255.0)
+    return out
+
+
+def _auc(pos, neg):
+    pos, neg = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
+    return float(np.mean(pos > neg) + 0.5 * np.mean(pos == neg))
+
+
+def test_ink_amount_does_not_separate_genuine_from_forged(examples):
+    """Within each writer, total ink of genuine vs forged: an AUC near 0.5 on average, so the
+    model cannot win by counting pixels."""
+    aucs = [_auc([g.sum() for g in gs], [f.sum() for f in fs])
+            for gs, fs in _by_writer(examples).values()]
+    assert 0.25 < np.mean(aucs) < 0.75, aucs
+
+
+def _blur_distance(a, b):
+    """Mean absolute difference of 4x-downsampled images: tolerant to small shifts."""
+    def small(x):
+        h, w = x.shape[0] // 4 * 4, x.shape[1] // 4 * 4
+        return x[:h, :w].reshape(h // 4, 4, w // 4, 4).mean(axis=(1, 3))
+    return float(np.abs(small(a) - small(b)).mean())
+
+
+def test_forgeries_sit_between_genuine_variation_and_other_writers(examples):
+    groups = _by_writer(examples)
+    same, skilled, other = [], [], []
+    writers = sorted(groups)
+    for i, w in enumerate(writers):
+        gs, fs = groups[w]
+        ref = gs[0]
+        same += [_blur_distance(ref, g) for g in gs[1:]]
+        skilled += [_blur_distance(ref, f) for f in fs]
+        other += [_blur_distance(ref, g) for g in groups[writers[(i + 1) % len(writers)]][0]]
+    assert np.mean(same) < np.mean(skilled) < np.mean(other)
+
+
+def test_tfds_round_trip(tmp_path):
+    b = builder_lib.make_builder(num_writers=3, genuine_per_writer=2, forgeries_per_writer=2,
+                                 forgers_per_writer=1, height=32, width=48, seed=1,
+                                 data_dir=str(tmp_path))
+    b.download_and_prepare()
+    assert b.builder_config.name == "w3_g2_f2_k1_32x48_s1"
+    data = tfds.as_numpy(b.as_dataset(split="train", batch_size=-1))
+    assert data["image"].shape == (12, 32, 48, 1) and data["image"].dtype == np.uint8
+    assert int(data["is_genuine"].sum()) == 6
+    assert sorted(set(data["writer"])) == [b"w0000", b"w0001", b"w0002"]
