@@ -271,19 +271,23 @@ def make_writer(seed: int, writer: int) -> Writer:
         x_start = rng.uniform(-0.8, 0.5)
         depth = -style["desc"] * rng.uniform(0.9, 1.4)
         if rng.random() < 0.5:
-            ctrl = np.array([
-                [x_end + rng.uniform(0, 0.6), rng.uniform(0.2, 0.8)],
-                [x_end + rng.uniform(0.5, 1.5), depth * rng.uniform(0.8, 1.4)],
-                [(x_end + x_start) / 2, depth * rng.uniform(1.0, 1.4)],
-                [x_start, depth * rng.uniform(0.3, 0.9)],
-            ])
+            ctrl = np.array(
+                [
+                    [x_end + rng.uniform(0, 0.6), rng.uniform(0.2, 0.8)],
+                    [x_end + rng.uniform(0.5, 1.5), depth * rng.uniform(0.8, 1.4)],
+                    [(x_end + x_start) / 2, depth * rng.uniform(1.0, 1.4)],
+                    [x_start, depth * rng.uniform(0.3, 0.9)],
+                ]
+            )
         else:
-            ctrl = np.array([
-                [x_start, depth * rng.uniform(0.7, 1.0)],
-                [(x_end + x_start) * rng.uniform(0.2, 0.4), depth * rng.uniform(1.0, 1.5)],
-                [(x_end + x_start) * rng.uniform(0.6, 0.8), depth * rng.uniform(0.6, 1.1)],
-                [x_end + rng.uniform(0.2, 1.0), depth * rng.uniform(0.1, 0.6)],
-            ])
+            ctrl = np.array(
+                [
+                    [x_start, depth * rng.uniform(0.7, 1.0)],
+                    [(x_end + x_start) * rng.uniform(0.2, 0.4), depth * rng.uniform(1.0, 1.5)],
+                    [(x_end + x_start) * rng.uniform(0.6, 0.8), depth * rng.uniform(0.6, 1.1)],
+                    [x_end + rng.uniform(0.2, 1.0), depth * rng.uniform(0.1, 0.6)],
+                ]
+            )
         marks.append(Mark(ctrl=ctrl, attach=-1))
     return Writer(
         words=words,
@@ -344,7 +348,8 @@ def _perturb_word(word: Word, rng: np.random.Generator, amount: float) -> Word:
         ys=word.ys + rng.normal(0.0, 0.05 * amount, k + 1) * np.maximum(np.abs(word.ys), 0.5),
         turn=word.turn + rng.normal(0.0, 0.12 * amount, k + 1),
         # Mostly one stretch for the word, little per letter: letters keep their relative widths.
-        drift=word.drift * np.exp(rng.normal(0.0, 0.04 * amount) + rng.normal(0.0, 0.03 * amount, k)),
+        drift=word.drift
+        * np.exp(rng.normal(0.0, 0.04 * amount) + rng.normal(0.0, 0.03 * amount, k)),
         x0=word.x0 + rng.normal(0.0, 0.05 * amount),
         y0=word.y0 + rng.normal(0.0, 0.05 * amount),
         upright=word.upright,
@@ -430,7 +435,9 @@ def _signature_strokes(
         words = [_perturb_word(w, rng, 1.0) for w in writer.words]
     else:
         bias = np.random.default_rng(forger.bias_seed)
-        words = [_perturb_word(_forge_word(w, forger, bias), rng, _FORGERY_NOISE) for w in writer.words]
+        words = [
+            _perturb_word(_forge_word(w, forger, bias), rng, _FORGERY_NOISE) for w in writer.words
+        ]
     strokes: list[np.ndarray] = []
     shifts = []
     for w0, w in zip(writer.words, words, strict=True):
@@ -446,8 +453,9 @@ def _signature_strokes(
         elif forger is not None:
             if m.attach >= 0:
                 ctrl[:, 0] *= forger.letter_width
-                ctrl[:, 1] = np.where(ctrl[:, 1] > 1.3, 1 + (ctrl[:, 1] - 1) * forger.ascender,
-                                      ctrl[:, 1])
+                ctrl[:, 1] = np.where(
+                    ctrl[:, 1] > 1.3, 1 + (ctrl[:, 1] - 1) * forger.ascender, ctrl[:, 1]
+                )
             else:
                 ctrl[:, 0] *= forger.letter_width
                 bias = np.random.default_rng(forger.bias_seed + 1)
@@ -589,8 +597,9 @@ def _render(
     lo, hi = q.min(0) - pad, q.max(0) + pad
     margin = 0.05
     fill = rng.uniform(_JITTER["fill"], 1.0)
-    scale = fill * min(width * (1 - 2 * margin) / (hi[0] - lo[0]),
-                       height * (1 - 2 * margin) / (hi[1] - lo[1]))
+    scale = fill * min(
+        width * (1 - 2 * margin) / (hi[0] - lo[0]), height * (1 - 2 * margin) / (hi[1] - lo[1])
+    )
     # Centre with a little slack, then flip y (image rows grow downwards).
     slack = np.array([width, height]) - scale * (hi - lo)
     centre = np.array([width, height]) / 2 + rng.uniform(-0.5, 0.5, 2) * slack * _JITTER["shift"]
@@ -607,8 +616,9 @@ def _render(
         px_per_unit = pen_scale * scale if pen_px_per_unit is None else pen_px_per_unit
         rad_list.append(np.interp(u, s, st.width) * px_per_unit / 2)
         ink_list.append(np.interp(u, s, st.ink))
-    cov = _splat(height, width, np.concatenate(pts_list), np.concatenate(rad_list),
-                 np.concatenate(ink_list))
+    cov = _splat(
+        height, width, np.concatenate(pts_list), np.concatenate(rad_list), np.concatenate(ink_list)
+    )
     return np.rint(np.clip(cov, 0.0, 1.0) * 255).astype(np.uint8)[:, :, None]
 
 
@@ -616,21 +626,31 @@ def _render(
 # Public API
 
 
-def render_genuine(writer: Writer, index: int, height: int, width: int, seed: int,
-                   writer_index: int) -> np.ndarray:
+def render_genuine(
+    writer: Writer, index: int, height: int, width: int, seed: int, writer_index: int
+) -> np.ndarray:
     """Genuine sample `index` of `writer` -> [height, width, 1] uint8, ink high."""
     rng = _rng(seed, writer_index, 2, index)
     strokes, _ = _signature_strokes(writer, rng, None)
     return _render(strokes, writer, writer.slant, height, width, rng, 1.0)
 
 
-def render_forgery(writer: Writer, forger: Forger, index: int, height: int, width: int, seed: int,
-                   writer_index: int) -> np.ndarray:
+def render_forgery(
+    writer: Writer,
+    forger: Forger,
+    index: int,
+    height: int,
+    width: int,
+    seed: int,
+    writer_index: int,
+) -> np.ndarray:
     """Skilled forgery `index` of `writer` by `forger` -> [height, width, 1] uint8, ink high."""
     rng = _rng(seed, writer_index, 3, index)
     strokes, _ = _signature_strokes(writer, rng, forger)
     ref = _template_scale(writer, height, width)
-    return _render(strokes, writer, writer.slant + forger.slant, height, width, rng, _FORGERY_NOISE, ref)
+    return _render(
+        strokes, writer, writer.slant + forger.slant, height, width, rng, _FORGERY_NOISE, ref
+    )
 
 
 def _template_scale(writer: Writer, height: int, width: int) -> float:
