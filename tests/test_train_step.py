@@ -28,6 +28,7 @@ def test_the_model_overfits_16_fixed_pairs():
     """A model that cannot memorise 16 pairs is broken (init, optimiser or loss)."""
     cfg = synthetic.get_config("tiny")
     cfg.learning_rate = 1e-2
+    cfg.augment.max_shift = 0  # Fixed pairs: augmentation would make memorising impossible.
     mesh, state, step = _setup(cfg, jax.devices()[:1])
     batch = parallel.to_global(_batch(16), mesh)
     first = None
@@ -45,6 +46,8 @@ def _losses_at_design_lr(initial_accumulator, steps=60):
     cfg = synthetic.get_config("tiny")
     cfg.learning_rate = 1e-3
     cfg.adagrad_initial_accumulator = initial_accumulator
+    cfg.augment.max_shift = 0
+    cfg.model.combine = "diff"  # The design's head.
     mesh, state, step = _setup(cfg, jax.devices()[:1])
     batch = parallel.to_global(_batch(16), mesh)
     losses = []
