@@ -73,22 +73,35 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.encoder = "signet"  # 'signet' (SigNet-size, as in bench/) or 'small' (CPU, tests).
     c.model.embedding_dim = 128  # Output of the encoder's last dense layer.
     c.model.head_hidden = (64,)  # Hidden widths of the MLP head; () for a linear head.
-    c.model.combine = "diff"  # 'diff' (e1 - e2, the design), 'absdiff' (|e1 - e2|), 'concat'.
+    # 'diff' (e1 - e2, the design), 'absdiff' (|e1 - e2|), 'concat', or 'distance' (logit =
+    # bias - scale * ||e1 - e2||, for the contrastive and triplet losses).
+    c.model.combine = "diff"
     c.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16'; parameters stay float32.
     c.model.init = "torch"  # Initialisers: 'torch' (PyTorch's defaults) or 'flax' (lecun normal).
     c.model.small_width = 16  # Channels of the first conv of the 'small' encoder (doubles twice).
     c.model.bn_momentum = 0.9  # BatchNorm running-average momentum.
 
     # ---- Loss and optimiser -------------------------------------------------------------------
-    # 'bce' on logits (the design). siamjax.losses also has contrastive and triplet losses, not yet
-    # wired into the pair trainer.
+    # 'bce' on logits (the design), 'contrastive' (on the training pairs) or 'triplet' (anchor,
+    # positive, negative drawn per epoch: pairs_per_genuine * genuine / 2 triplets, negatives
+    # skilled : random as pairs.skilled : pairs.random). The last two train the encoder on
+    # embedding distances and need model.combine = 'distance' (logit = bias - scale * distance,
+    # whose two scalars a stopped-gradient BCE term calibrates during training).
     c.loss = "bce"
-    c.learning_rate = 1e-3  # Adagrad learning rate.
+    # Margin of 'contrastive' (on distances) and 'triplet' (on squared distances).
+    c.loss_margin = 1.0
+    # 'adagrad' (the design), 'adam', 'adamw' or 'sgd' (Nesterov momentum 0.9).
+    c.optimizer = "adagrad"
+    c.learning_rate = 1e-3  # Peak learning rate.
+    # 'constant' (the design) or 'cosine': linear warm-up over warmup_steps, then cosine to 0.
+    c.lr_schedule = "constant"
+    c.warmup_steps = 0
     # Adagrad's starting accumulator. PyTorch uses 0; optax's default 0.1 damps the first updates
     # so much that the design's 1e-3 barely moves the weights.
     c.adagrad_initial_accumulator = 0.0
     c.adagrad_eps = 1e-10
-    c.weight_decay = 0.0  # L2 penalty added to the loss (0 disables).
+    # Weight decay: added to the gradient (L2) for adagrad/adam/sgd, decoupled for adamw.
+    c.weight_decay = 0.0
 
     # ---- Augmentation (on device, training only) ----------------------------------------------
     c.augment = ml_collections.ConfigDict()
@@ -96,6 +109,20 @@ def get_config() -> ml_collections.ConfigDict:
     c.augment.blur_prob = 0.0  # Probability of a Gaussian blur per image.
     c.augment.blur_sigma = 1.0  # Its sigma in pixels.
     c.augment.max_shift = 0  # Random translation up to this many pixels.
+    # One random affine per image about its centre (bilinear, background fill); any > 0 turns it on.
+    c.augment.max_rotation = 0.0  # Rotation up to +-this many degrees (sheet tilt).
+    c.augment.max_scale = 0.0  # Scale by 1 +- up to this (signature size), e.g. 0.1.
+    c.augment.max_shear = 0.0  # Horizontal shear factor up to +-this (writer's slant), e.g. 0.2.
+    # Probability of a stroke-width change per image: 3x3 grey dilation or erosion (half each),
+    # blended with the image by a random 0.5 to 1.
+    c.augment.stroke_prob = 0.0
+    # Paper texture: a smooth random field (16-pixel cells) of up to this amplitude lifts the
+    # background; saturated ink stays.
+    c.augment.texture_strength = 0.0
+    c.augment.brightness = 0.0  # Added offset up to +-this on [0, 1] pixels.
+    c.augment.contrast = 0.0  # Contrast about the image mean scaled by 1 +- up to this.
+    c.augment.jpeg_prob = 0.0  # Probability of JPEG-like blockiness per image.
+    c.augment.jpeg_mix = 0.3  # Its weight: image + jpeg_mix * (8x8 block means - image).
 
     # ---- Evaluation protocol (eval.py) -----------------------------------------------------------
     c.eval = ml_collections.ConfigDict()
@@ -106,6 +133,11 @@ def get_config() -> ml_collections.ConfigDict:
     # references score against each other (enrolment only): t_w = t + (m_w - mean over the
     # validation writers of m_w), with t chosen on validation.
     c.eval.user_thresholds = False
+    # Cross-dataset evaluation: '' evaluates the training dataset; a dataset name ('cedar',
+    # 'sigcomp2011', ...) evaluates that dataset's --split writers (its own writer split by
+    # config.split and config.seed, prepared at image_height x image_width) with the threshold
+    # still chosen on the training dataset's validation. Writes <workdir>/eval/<dataset>_<split>/.
+    c.eval.dataset = ""
 
     # ---- Training loop ------------------------------------------------------------------------
     c.batch_size = 32  # Global pairs per step, split over all devices; a multiple of the devices.

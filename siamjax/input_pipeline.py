@@ -48,6 +48,8 @@ class Data:
         # Share of positives among training pairs: the prior behind the model's scores.
         self.prior_positive = (float(config.pairs.positive / total) if self.train_pairs is None
                                else float(np.mean(self.train_pairs.label)))
+        if config.loss == "triplet":  # Calibrated on one genuine and one forged pair per triplet.
+            self.prior_positive = 0.5
         logging.info("dataset: %s", cat.summary())
         for name in pairs_lib.SPLITS:
             idx = self.indices[name]
@@ -111,48 +113,64 @@ class Data:
 
 class TrainData:
     """Training pair batches: drawn per epoch from the training writers, or (kaggle_csv) a fixed
-    list of pairs shuffled per epoch."""
+    list of pairs shuffled per epoch; with config.loss == 'triplet', triplet batches drawn per
+    epoch from the training writers."""
 
     def __init__(self, data: Data, config: ml_collections.ConfigDict):
         self.data = data
         self.config = config
         self.batch_size = config.batch_size
+        self.triplets = config.loss == "triplet"
+        if self.triplets and data.train_pairs is not None:
+            raise UserError("config.loss='triplet' draws triplets from the training writers, but "
+                            "config.split.method='kaggle_csv' fixes pairs: use 'bce' or "
+                            "'contrastive' with it.")
         n_pairs = len(self._pairs(0))
         self.steps_per_epoch = n_pairs // self.batch_size
         if self.steps_per_epoch == 0:
-            raise UserError(f"{n_pairs} training pairs per epoch are fewer than "
+            what = "triplets" if self.triplets else "pairs"
+            raise UserError(f"{n_pairs} training {what} per epoch are fewer than "
                             f"config.batch_size={self.batch_size}.")
         # One device-independent copy of all images; gathered per batch, never decoded again.
         self._images = tf.constant(data.catalog.images)
 
-    def _pairs(self, epoch: int) -> pairs_lib.Pairs:
+    def _pairs(self, epoch: int) -> pairs_lib.Pairs | pairs_lib.Triplets:
+        cat = self.data.catalog
+        if self.triplets:
+            return pairs_lib.sample_train_triplets(cat.writer, cat.is_genuine,
+                                                   self.data.indices["train"], self.config.pairs,
+                                                   self.config.seed, epoch)
         if self.data.train_pairs is not None:
             order = np.random.default_rng([self.config.seed, epoch, 7]).permutation(
                 len(self.data.train_pairs))
             return self.data.train_pairs.take(order)
-        cat = self.data.catalog
         return pairs_lib.sample_train_pairs(cat.writer, cat.is_genuine, self.data.indices["train"],
                                             self.config.pairs, self.config.seed, epoch)
 
     def _epoch_dataset(self, epoch: int, skip_batches: int) -> tf.data.Dataset:
         p = self._pairs(epoch)
         rows = parallel.local_rows(self.batch_size)
-        ds = tf.data.Dataset.from_tensor_slices({"a": p.a, "b": p.b, "label": p.label})
+        if isinstance(p, pairs_lib.Triplets):
+            # label is that of (image_a, image_b); (image_a, image_c) is always a forged pair.
+            columns = {"image_a": p.anchor, "image_b": p.positive, "image_c": p.negative}
+            label = np.ones(len(p), np.int32)
+        else:
+            columns, label = {"image_a": p.a, "image_b": p.b}, p.label
+        ds = tf.data.Dataset.from_tensor_slices({**columns, "label": label})
         ds = ds.batch(self.batch_size, drop_remainder=True).skip(skip_batches)
         images = self._images
 
         def gather(batch):
-            return {
-                "image_a": tf.gather(images, batch["a"][rows]),
-                "image_b": tf.gather(images, batch["b"][rows]),
-                "label": batch["label"][rows],
-            }
+            out = {k: tf.gather(images, batch[k][rows]) for k in columns}
+            out["label"] = batch["label"][rows]
+            return out
 
         return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(self.config.prefetch)
 
     def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Endless local batches {image_a, image_b: uint8 [b, H, W, 1], label: int32 [b]} from
-        `start_step` on (b = batch_size / process_count)."""
+        `start_step` on (b = batch_size / process_count). Triplet batches add image_c (the
+        negative) to image_a (anchor) and image_b (positive), with label 1."""
         epoch, offset = divmod(start_step, self.steps_per_epoch)
         while True:
             yield from self._epoch_dataset(epoch, offset).as_numpy_iterator()

@@ -1,6 +1,10 @@
 """Losses for verification: BCE on logits (the design), plus contrastive and triplet alternatives.
 
-All return a per-example loss [batch] float32 so that the caller can mask and average.
+All return a per-example loss [batch] float32 so that the caller can mask and average. The metric
+learning losses ('contrastive', 'triplet') train the encoder on Euclidean distances; the head then
+scores a pair by that distance (`config.model.combine='distance'`), so that evaluation and
+verification work the same whatever the loss. Not for training loops or metrics (train_lib,
+evaluate_metrics).
 """
 
 from __future__ import annotations
@@ -8,6 +12,30 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+
+from siamjax.errors import UserError
+
+# Values of `config.loss`.
+LOSSES = ("bce", "contrastive", "triplet")
+
+
+def check_loss(loss: str, combine: str) -> None:
+    """Raises unless `config.loss` is known and the head can score what it trains.
+
+    Contrastive and triplet losses train distances, not logits: their score must be a function of
+    the distance (combine 'distance'), or the head would score something no loss has trained.
+    """
+    if loss not in LOSSES:
+        raise UserError(f"config.loss={loss!r}; use one of {LOSSES}.")
+    if loss != "bce" and combine != "distance":
+        raise UserError(f"config.loss={loss!r} needs config.model.combine='distance' (the head "
+                        f"that scores by embedding distance), not {combine!r}.")
+
+
+def euclidean_distance(e1: jax.Array, e2: jax.Array) -> jax.Array:
+    """[batch, D] twice -> [batch] float32; 1e-12 under the root keeps its gradient finite at 0."""
+    diff = e1.astype(jnp.float32) - e2.astype(jnp.float32)
+    return jnp.sqrt(jnp.sum(jnp.square(diff), axis=-1) + 1e-12)
 
 
 def bce_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -20,7 +48,7 @@ def contrastive(e1: jax.Array, e2: jax.Array, labels: jax.Array, margin: float =
 
     loss = y d^2 + (1 - y) max(0, margin - d)^2 with d the Euclidean distance of the embeddings.
     """
-    d = jnp.sqrt(jnp.sum(jnp.square(e1 - e2), axis=-1) + 1e-12)
+    d = euclidean_distance(e1, e2)
     y = labels.astype(d.dtype)
     return y * jnp.square(d) + (1.0 - y) * jnp.square(jnp.maximum(margin - d, 0.0))
 

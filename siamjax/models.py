@@ -9,6 +9,7 @@ the model, so that every caller feeds the same thing. Parameters are float32 wha
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from siamjax import losses
 from siamjax.errors import UserError
 
 ENCODERS = ("signet", "small")
-COMBINES = ("diff", "absdiff", "concat")
+COMBINES = ("diff", "absdiff", "concat", "distance")
 
 # PyTorch's default Conv/Linear weight init, kaiming_uniform(a=sqrt(5)), is U(+-1/sqrt(fan_in)),
 # i.e. variance 1/(3 fan_in). With Adagrad it trains much faster than flax's lecun_normal here.
@@ -112,7 +114,13 @@ class SmallEncoder(nn.Module):
 
 
 class Head(nn.Module):
-    """Two embeddings -> one logit (log-odds that the questioned signature is genuine)."""
+    """Two embeddings -> one logit (log-odds that the questioned signature is genuine).
+
+    combine 'distance' has no MLP (`hidden` is unused): logit = bias - scale * d, d the Euclidean
+    distance of the embeddings and scale = softplus(raw_scale) > 0, so the score falls
+    monotonically with the distance, is symmetric in the pair, and its two scalars calibrate it.
+    It is the head of the metric-learning losses (see `siamjax.losses.check_loss`).
+    """
 
     hidden: Sequence[int] = (64,)
     combine: str = "diff"
@@ -122,6 +130,12 @@ class Head(nn.Module):
     @nn.compact
     def __call__(self, e1: jax.Array, e2: jax.Array) -> jax.Array:
         """[batch, D] float32 twice -> [batch] float32 logits."""
+        if self.combine == "distance":
+            # Starts at logit 1 - 2d: even odds at d = 0.5, half a unit margin.
+            bias = self.param("bias", nn.initializers.constant(1.0), (), jnp.float32)
+            raw_scale = self.param("raw_scale", nn.initializers.constant(math.log(math.e**2 - 1)),
+                                   (), jnp.float32)
+            return bias - jax.nn.softplus(raw_scale) * losses.euclidean_distance(e1, e2)
         if self.combine == "diff":
             x = e1 - e2
         elif self.combine == "absdiff":
@@ -152,6 +166,22 @@ class SiameseNet(nn.Module):
     def embed(self, images: jax.Array) -> jax.Array:
         """Evaluation-mode embeddings, [N, H, W, 1] uint8 -> [N, D]; for caching in evaluation."""
         return self.encoder(images, False)
+
+    def embed_pairs(self, image_a: jax.Array, image_b: jax.Array,
+                    train: bool) -> tuple[jax.Array, jax.Array]:
+        """[N, H, W, 1] twice -> two [N, D]: one encoder pass of 2N, so BatchNorm sees both sides
+        together as in `__call__` (the metric-learning losses train on these)."""
+        return self._embed_together((image_a, image_b), train)
+
+    def embed_triplets(self, anchor: jax.Array, positive: jax.Array, negative: jax.Array,
+                       train: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """[N, H, W, 1] three times -> three [N, D], in one encoder pass of 3N."""
+        return self._embed_together((anchor, positive, negative), train)
+
+    def _embed_together(self, images: tuple[jax.Array, ...], train: bool) -> tuple[jax.Array, ...]:
+        n = images[0].shape[0]
+        e = self.encoder(jnp.concatenate(images, axis=0), train)
+        return tuple(e[i * n:(i + 1) * n] for i in range(len(images)))
 
     def score(self, e1: jax.Array, e2: jax.Array) -> jax.Array:
         """Head on cached embeddings: [N, D] twice -> [N] logits."""

@@ -178,6 +178,75 @@ def _partner(rng: np.random.Generator, g: _Groups, w: str, ref: int, kind: int) 
     return int(others[rng.integers(len(others))])
 
 
+@dataclasses.dataclass(frozen=True)
+class Triplets:
+    """Training triplets as indices into one catalog of images. All arrays [n] int32.
+
+    anchor and positive are two different genuine signatures of one writer; negative is a skilled
+    forgery of that writer (negative_kind SKILLED) or a genuine signature of another writer of the
+    split (RANDOM). Each triplet holds two labelled pairs: (anchor, positive) genuine and
+    (anchor, negative) forged.
+    """
+
+    anchor: np.ndarray
+    positive: np.ndarray
+    negative: np.ndarray
+    negative_kind: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.anchor.shape[0])
+
+    def counts(self) -> dict[str, int]:
+        return {KIND_NAMES[k]: int(np.sum(self.negative_kind == k)) for k in (SKILLED, RANDOM)}
+
+
+def sample_train_triplets(writer: np.ndarray, is_genuine: np.ndarray, indices: np.ndarray,
+                          cfg: ml_collections.ConfigDict, seed: int, epoch: int) -> Triplets:
+    """Training triplets for one epoch, drawn from (seed, epoch) like `sample_train_pairs`.
+
+    pairs_per_genuine x (genuine images) / 2 triplets: each compares two pairs, so an epoch
+    compares as many pairs as the pair sampler draws. Negatives are skilled forgeries in the
+    proportion skilled / (skilled + random) of `cfg`, other writers' genuine signatures otherwise;
+    a kind the split cannot supply (no forgeries, one writer) gives its share to the other.
+    Anchors are genuine images of writers with at least two of them.
+    """
+    rng = np.random.default_rng([seed, epoch, 11])
+    g = _Groups(writer, is_genuine, indices)
+    if cfg.skilled + cfg.random <= 0:
+        raise UserError("config.pairs: skilled + random must be > 0 to draw triplets' negatives.")
+    n = cfg.pairs_per_genuine * len(g.all_genuine) // 2
+    with_two = g.anchors_with("genuine")
+    anchors = {SKILLED: with_two[np.isin(with_two, g.anchors_with("forged"))],
+               RANDOM: with_two if len(g.writers) > 1 else with_two[:0]}
+    if len(anchors[SKILLED]) + len(anchors[RANDOM]) == 0 or n == 0:
+        raise UserError("the training split has no writer with two genuine signatures and a "
+                        "forgery or another writer: cannot draw triplets.")
+    n_sk = int(round(n * cfg.skilled / (cfg.skilled + cfg.random)))
+    if len(anchors[SKILLED]) == 0:
+        n_sk = 0
+    elif len(anchors[RANDOM]) == 0:
+        n_sk = n
+    a, p, neg, kind = [], [], [], []
+    for k, count in ((SKILLED, n_sk), (RANDOM, n - n_sk)):
+        for ref in rng.choice(anchors[k], size=count) if count else ():
+            w = writer[ref]
+            a.append(int(ref))
+            p.append(_partner(rng, g, w, int(ref), GENUINE))
+            neg.append(_partner(rng, g, w, int(ref), k) if k == SKILLED else _other(rng, g, w))
+            kind.append(k)
+    order = rng.permutation(len(a))
+    return Triplets(*(np.asarray(x, np.int32)[order] for x in (a, p, neg, kind)))
+
+
+def _other(rng: np.random.Generator, g: _Groups, w: str) -> int:
+    """A genuine image of another writer than `w`, uniformly: by rejection, which costs a draw or
+    two instead of a pass over every genuine image of the split (`_partner`)."""
+    while True:
+        i = rng.integers(len(g.all_genuine))
+        if g.owner[i] != w:
+            return int(g.all_genuine[i])
+
+
 def eval_pairs(writer: np.ndarray, is_genuine: np.ndarray, indices: np.ndarray,
                cfg: ml_collections.ConfigDict, seed: int) -> Pairs:
     """Fixed evaluation pairs: for every genuine reference, up to `eval_per_genuine` distinct

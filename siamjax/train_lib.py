@@ -40,19 +40,45 @@ class TrainState(train_state.TrainState):
     rng: jax.Array | None = None
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adagrad as in the design (PyTorch-like accumulator start), optional L2 weight decay."""
-    adagrad = optax.adagrad(config.learning_rate,
-                            initial_accumulator_value=config.adagrad_initial_accumulator,
+OPTIMIZERS = ("adagrad", "adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+    """Constant (the design) or linear warm-up then cosine decay to 0 over `num_steps`."""
+    if config.lr_schedule == "constant":
+        return optax.constant_schedule(config.learning_rate)
+    if config.lr_schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate,
+                                                  max(int(config.warmup_steps), 1),
+                                                  max(num_steps, int(config.warmup_steps) + 1))
+    raise UserError(f"config.lr_schedule={config.lr_schedule!r}; use one of {LR_SCHEDULES}.")
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   num_steps: int = 1) -> optax.GradientTransformation:
+    """The optimiser `config.optimizer` names; Adagrad starts its accumulator as PyTorch does."""
+    lr = learning_rate_schedule(config, num_steps)
+    if config.optimizer == "adagrad":
+        opt = optax.adagrad(lr, initial_accumulator_value=config.adagrad_initial_accumulator,
                             eps=config.adagrad_eps)
+    elif config.optimizer == "adam":
+        opt = optax.adam(lr)
+    elif config.optimizer == "adamw":
+        return optax.adamw(lr, weight_decay=config.weight_decay)
+    elif config.optimizer == "sgd":
+        opt = optax.sgd(lr, momentum=0.9, nesterov=True)
+    else:
+        raise UserError(f"config.optimizer={config.optimizer!r}; use one of {OPTIMIZERS}.")
     if config.weight_decay:
-        return optax.chain(optax.add_decayed_weights(config.weight_decay), adagrad)
-    return adagrad
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
+    return opt
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
-                       rng: jax.Array) -> TrainState:
-    """Fresh state for `model` on images of config.image_height x config.image_width."""
+                       rng: jax.Array, num_steps: int = 1) -> TrainState:
+    """Fresh state for `model` on images of config.image_height x config.image_width; `num_steps`
+    is the length of the learning-rate schedule (the state's structure does not depend on it)."""
     init_rng, seed_rng = jax.random.split(rng)
     # The training RNG is threefry whatever `rng` is: its bits do not depend on sharding.
     state_rng = jax.random.key(jax.random.randint(seed_rng, (), 0, 2**31 - 1))
@@ -60,30 +86,59 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
     variables = model.init({"params": init_rng}, dummy, dummy, train=False)
     return TrainState.create(apply_fn=model.apply, params=variables["params"],
                              batch_stats=variables.get("batch_stats", {}),
-                             tx=make_optimizer(config), rng=jax.random.key_data(state_rng))
+                             tx=make_optimizer(config, num_steps),
+                             rng=jax.random.key_data(state_rng))
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One Adagrad step on BCE over a pair batch; returns device-side metric sums.
+    """One optimiser step on `config.loss` over a pair (or triplet) batch; device-side metric sums.
 
-    batch: image_a, image_b uint8 [B, H, W, 1]; label int32 [B] (1 = genuine pair).
+    batch: image_a, image_b uint8 [B, H, W, 1]; label int32 [B] (1 = genuine pair); for 'triplet'
+    also image_c, the negative of the anchor image_a (image_b is its positive, label 1).
+    'contrastive' and 'triplet' train the encoder on embedding distances alone; a BCE term on the
+    stopped embeddings adds gradients only to the distance head's two scalars, so that its logit
+    (the score that evaluation and verification use) is calibrated as training goes. The loss
+    reported is the sum of both terms; accuracy is the head's, over every pair it scored (2B for
+    triplets: (anchor, positive) genuine, (anchor, negative) forged).
     """
+    losses.check_loss(config.loss, config.model.combine)
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     a, b, label = batch["image_a"], batch["image_b"], batch["label"]
+    c = batch.get("image_c")  # The triplet's negative.
     aug = config.augment
-    if aug.noise_std > 0 or aug.blur_prob > 0 or aug.max_shift > 0:
+    if augment_lib.enabled(aug):
         ka, kb = jax.random.split(rng)
         a = augment_lib.augment(a.astype(jnp.float32) / 255.0, ka, aug)
         b = augment_lib.augment(b.astype(jnp.float32) / 255.0, kb, aug)
+        if c is not None:
+            kc = jax.random.fold_in(rng, 2)
+            c = augment_lib.augment(c.astype(jnp.float32) / 255.0, kc, aug)
 
     def loss_fn(params):
-        logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
-                                         a, b, train=True, mutable=["batch_stats"])
-        loss = jnp.mean(losses.bce_with_logits(logits, label))
-        return loss, (logits, updates["batch_stats"])
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        apply = functools.partial(state.apply_fn, variables, train=True, mutable=["batch_stats"])
+        if config.loss == "bce":
+            logits, updates = apply(a, b)
+            loss = jnp.mean(losses.bce_with_logits(logits, label))
+            return loss, (logits, label, updates["batch_stats"])
+        if config.loss == "contrastive":
+            (e1, e2), updates = apply(a, b, method="embed_pairs")
+            loss = jnp.mean(losses.contrastive(e1, e2, label, config.loss_margin))
+            pair_label = label
+        else:
+            (ea, ep, en), updates = apply(a, b, c, method="embed_triplets")
+            loss = jnp.mean(losses.triplet(ea, ep, en, config.loss_margin))
+            e1, e2 = jnp.concatenate([ea, ea]), jnp.concatenate([ep, en])
+            pair_label = jnp.concatenate([jnp.ones_like(label), jnp.zeros_like(label)])
+        # Calibration: the head's logit on stopped embeddings trains the head's scalars only.
+        logits = state.apply_fn({"params": params}, jax.lax.stop_gradient(e1),
+                                jax.lax.stop_gradient(e2), method="score")
+        loss = loss + jnp.mean(losses.bce_with_logits(logits, pair_label))
+        return loss, (logits, pair_label, updates["batch_stats"])
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, label, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     n = jnp.asarray(label.shape[0], jnp.float32)
     correct = jnp.sum(((logits > 0).astype(jnp.int32) == label).astype(jnp.float32))
@@ -106,7 +161,8 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
 
 def init_state_on_mesh(config: ml_collections.ConfigDict, model: nn.Module,
-                       mesh: jax.sharding.Mesh) -> tuple[TrainState, jax.sharding.Sharding]:
+                       mesh: jax.sharding.Mesh,
+                       num_steps: int = 1) -> tuple[TrainState, jax.sharding.Sharding]:
     """Initialises the state directly on the mesh, replicated.
 
     Parameters are drawn with the 'rbg' PRNG: XLA:CPU takes ~15 s to compile threefry for the
@@ -114,7 +170,8 @@ def init_state_on_mesh(config: ml_collections.ConfigDict, model: nn.Module,
     whose bits do not depend on how a computation is sharded.
     """
     sharding = state_sharding(mesh)
-    init = jax.jit(lambda k: create_train_state(config, model, k), out_shardings=sharding)
+    init = jax.jit(lambda k: create_train_state(config, model, k, num_steps),
+                   out_shardings=sharding)
     return init(jax.random.key(config.seed, impl="rbg")), sharding
 
 
@@ -192,8 +249,7 @@ def _fmt_time(seconds: float) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) in `workdir`; returns the final summary (also in summary.json)."""
     parallel.maybe_initialize_distributed()
-    if config.loss != "bce":
-        raise UserError(f"config.loss={config.loss!r}: the pair trainer implements 'bce' only.")
+    losses.check_loss(config.loss, config.model.combine)
     workdir = os.path.abspath(workdir)
     prepare_workdir(config, workdir)
     mesh = parallel.make_mesh()
@@ -208,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     num_steps = _num_steps(config, train_data.steps_per_epoch)
 
     model = models.create_model(config.model)
-    state, shardings = init_state_on_mesh(config, model, mesh)
+    state, shardings = init_state_on_mesh(config, model, mesh, num_steps)
     ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
     start = ckpt.latest_step() or 0
     if start:
