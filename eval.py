@@ -2,8 +2,11 @@
 
     python eval.py --config=configs/synthetic.py --workdir=/tmp/siamjax_synth
     python eval.py --config=configs/sigcomp.py --workdir=/tmp/sigcomp --split=validation --step=2000
+    python eval.py --config=configs/sigcomp.py --workdir=/tmp/sigcomp --config.eval.dataset=cedar
 
 Reads the best checkpoint by validation EER unless --step is given; never writes checkpoints.
+With --config.eval.dataset=<name> it evaluates that dataset's writers at the training dataset's
+threshold and writes <workdir>/eval/<name>_<split>/.
 """
 
 from absl import app, flags

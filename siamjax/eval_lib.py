@@ -3,6 +3,9 @@
 The decision threshold is the one chosen on the validation split when the checkpoint was saved
 (stored with it), never one chosen on the split being evaluated; figures that do pick a threshold
 on the evaluated split (EER, `oracle_accuracy`) say so in their definitions.
+
+With `config.eval.dataset` set, the model trained on `config.dataset` is evaluated on another
+dataset's writers (cross-dataset); the threshold is still the training dataset's.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from absl import logging
 
 from siamjax import checkpointing, evaluate, evaluate_metrics, models, parallel, plots, train_lib
 from siamjax import pairs as pairs_lib
+from siamjax.datasets import registry
 from siamjax.errors import UserError
 from siamjax.input_pipeline import Data
 
@@ -54,26 +58,59 @@ def trials_for(data: Data, split: str, config: ml_collections.ConfigDict) -> pai
                                       data.indices[split], k, config.seed)
 
 
+def eval_dataset_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config whose dataset is evaluated: `config` itself, or (config.eval.dataset set) a copy
+    naming that dataset, with the same split protocol, seed and image size. Keys that both
+    datasets read (config.synthetic, config.real) are shared: overriding them also changes the
+    training dataset whose validation sets the threshold when none is stored (K > 1, per-writer
+    thresholds)."""
+    if not config.eval.dataset:
+        return config
+    if config.eval.dataset not in registry.DATASETS:
+        raise UserError(f"config.eval.dataset={config.eval.dataset!r}; use '' (the training "
+                        f"dataset) or one of {registry.DATASETS}.")
+    target = config.copy_and_resolve_references()
+    target.dataset = config.eval.dataset
+    return target
+
+
+def eval_dir(config: ml_collections.ConfigDict, workdir: str, split: str) -> str:
+    """<workdir>/eval/<split>/, or <workdir>/eval/<dataset>_<split>/ for a cross-dataset run."""
+    name = f"{config.eval.dataset}_{split}" if config.eval.dataset else split
+    return os.path.join(workdir, "eval", name)
+
+
 def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str = "test",
                    step: int | None = None) -> dict[str, Any]:
-    """Evaluates `split` ('validation' or 'test'); writes <workdir>/eval/<split>/ and returns the
-    metrics dict."""
+    """Evaluates `split` ('validation' or 'test') of the training dataset, or of
+    config.eval.dataset; writes `eval_dir(...)` and returns the metrics dict."""
     if split not in ("validation", "test"):
         raise UserError(f"--split={split!r}; use 'validation' or 'test'.")
     if config.eval.fusion not in evaluate_metrics.FUSE_METHODS:
         raise UserError(f"config.eval.fusion={config.eval.fusion!r}; use one of "
                         f"{evaluate_metrics.FUSE_METHODS}.")
     workdir = os.path.abspath(workdir)
+    target_config = eval_dataset_config(config)
     mesh = parallel.make_mesh()
     model, variables, step, meta = restore_for_inference(config, workdir, step, mesh)
-    data = Data(config)
+    data = Data(target_config)
     if split not in data.eval_pairs:
-        raise UserError(f"the {split} split has no writers under config.split.")
+        raise UserError(f"the {split} split of {target_config.dataset} has no writers under "
+                        "config.split.")
+    # The training dataset, for its validation split: built only when the threshold (or the
+    # prior) is not stored with the checkpoint.
+    train_data = data if target_config is config else None
     scorer = evaluate.Scorer(model, mesh, config.eval_batch_size)
-    images = data.catalog.images
 
-    def scored(name):
-        trials = trials_for(data, name, config)
+    def training_data():
+        nonlocal train_data
+        if train_data is None:
+            train_data = Data(config)
+        return train_data
+
+    def scored(d, name):
+        trials = trials_for(d, name, config)
+        images = d.catalog.images
         scores = evaluate.trial_scores(scorer, variables, images, trials, config.eval.fusion)
         offsets = (evaluate.enrollment_means(scorer, variables, images, trials)
                    if config.eval.user_thresholds else None)
@@ -82,7 +119,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str =
     per_writer = bool(config.eval.user_thresholds)
     threshold = meta.get("val_threshold") if config.eval.references == 1 else None
     if threshold is None or per_writer:  # Chosen on validation under the same protocol.
-        val_trials, val_scores, val_offsets = scored("validation")
+        val_trials, val_scores, val_offsets = scored(training_data(), "validation")
     if per_writer:
         # Moving each writer's threshold by (m_w - m) is moving its scores by (m - m_w) under one
         # threshold; the moved scores stay probabilities (clipped) so every metric applies.
@@ -90,13 +127,14 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str =
         val_scores = _shifted(val_scores, center - val_offsets)
     if threshold is None or per_writer:
         threshold = evaluate.threshold_from(val_scores, val_trials.kind)
-    prior = float(meta.get("prior_positive") or data.prior_positive)
-    trials, scores, offsets = scored(split)
+    prior = meta.get("prior_positive")
+    prior = float(prior if prior is not None else training_data().prior_positive)
+    trials, scores, offsets = scored(data, split)
     if per_writer:
         scores = _shifted(scores, center - offsets)
     claimed = data.catalog.writer[trials.references[:, 0]]
     metrics = evaluate.metrics_for(scores, trials.kind, claimed, float(threshold), prior)
-    out_dir = os.path.join(workdir, "eval", split)
+    out_dir = eval_dir(config, workdir, split)
     if jax.process_index() == 0:
         write_outputs(out_dir, config, step, metrics, scores, trials, data, prior)
     logging.info("wrote %s", out_dir)
@@ -118,7 +156,8 @@ def write_outputs(out_dir: str, config: ml_collections.ConfigDict, step: int,
     doc = {"metrics": train_lib._jsonable(metrics), "checkpoint_step": int(step),
            "pair_counts": trials.counts(), "references": int(trials.references.shape[1]),
            "fusion": config.eval.fusion, "user_thresholds": bool(config.eval.user_thresholds),
-           "prior_positive": prior,
+           "prior_positive": prior, "dataset": config.eval.dataset or config.dataset,
+           "trained_on": config.dataset,
            "config": json.loads(config.to_json_best_effort())}
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(doc, f, indent=1)
@@ -161,8 +200,10 @@ def _worst_pairs(scores, trials, images, paths) -> list[tuple[np.ndarray, np.nda
 def format_table(metrics: dict[str, float], split: str, step: int,
                  config: ml_collections.ConfigDict) -> str:
     per_writer = ", per-writer thresholds" if config.eval.user_thresholds else ""
-    lines = [f"{split} split, checkpoint step {step}, {config.eval.references} reference(s), "
-             f"fusion {config.eval.fusion}{per_writer}",
+    where = (f"{config.eval.dataset} (trained on {config.dataset}) " if config.eval.dataset
+             else "")
+    lines = [f"{where}{split} split, checkpoint step {step}, "
+             f"{config.eval.references} reference(s), fusion {config.eval.fusion}{per_writer}",
              f"pairs: {int(metrics['n_genuine'])} genuine, {int(metrics['n_skilled'])} skilled, "
              f"{int(metrics['n_random'])} random"]
     for k in TABLE_KEYS:

@@ -53,3 +53,27 @@ def test_enrollment_means_equal_the_model_on_reference_pairs(trained):
     expected = float(np.mean(jax.nn.sigmoid(logits)))
     assert means[0] == pytest.approx(expected, abs=1e-5)
     assert isinstance(model, models.SiameseNet)
+
+
+def test_cross_dataset_uses_the_training_threshold_and_its_own_folder(trained):
+    cfg, workdir = trained
+    source = Data(cfg)
+    cfg = cfg.copy_and_resolve_references()
+    cfg.eval.dataset = "synthetic"
+    cfg.synthetic.seed += 1  # Other writers and images: a second dataset of the same shape.
+    metrics = eval_lib.run_evaluation(cfg, workdir, "test")
+    out = f"{workdir}/eval/synthetic_test"
+    doc = json.load(open(f"{out}/metrics.json"))
+    assert doc["dataset"] == "synthetic" and doc["metrics"]["eer"] == pytest.approx(metrics["eer"])
+    _, _, _, meta = eval_lib.restore_for_inference(cfg, workdir, None, parallel.make_mesh())
+    assert metrics["threshold"] == pytest.approx(meta["val_threshold"])
+    target = Data(eval_lib.eval_dataset_config(cfg))
+    assert not set(target.catalog.sha256) & set(source.catalog.sha256)
+    # The scores are the model's on the other dataset's images.
+    model, variables, _, _ = eval_lib.restore_for_inference(cfg, workdir, None,
+                                                            parallel.make_mesh())
+    p = target.eval_pairs["test"]
+    img = target.catalog.images
+    row = next(csv.DictReader(open(f"{out}/scores.csv")))
+    logit = model.apply(variables, img[p.a[:1]], img[p.b[:1]], train=False)
+    assert float(row["score"]) == pytest.approx(float(jax.nn.sigmoid(logit[0])), abs=1e-5)
