@@ -70,7 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- Model --------------------------------------------------------------------------------
     c.model = ml_collections.ConfigDict()
-    c.model.encoder = "signet"  # 'signet' (SigNet-size, as in bench/) or 'small' (CPU, tests).
+    # 'signet' (SigNet-size, as in bench/), 'small' (strided, CPU and tests) or 'vgg' (3x3 convs
+    # with max pooling; keeps fine stroke detail).
+    c.model.encoder = "signet"
     c.model.embedding_dim = 128  # Output of the encoder's last dense layer.
     c.model.head_hidden = (64,)  # Hidden widths of the MLP head; () for a linear head.
     # 'diff' (e1 - e2, the design), 'absdiff' (|e1 - e2|), 'concat', or 'distance' (logit =
@@ -78,8 +80,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.combine = "diff"
     c.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16'; parameters stay float32.
     c.model.init = "torch"  # Initialisers: 'torch' (PyTorch's defaults) or 'flax' (lecun normal).
-    c.model.small_width = 16  # Channels of the first conv of the 'small' encoder (doubles twice).
+    c.model.small_width = 16  # First-layer channels of the "small" and "vgg" encoders.
+    c.model.vgg_stem = 1  # 'vgg': > 1 makes the first layer a stem x stem, stride-stem patchify.
     c.model.bn_momentum = 0.9  # BatchNorm running-average momentum.
+    # How convolutions are computed (not part of the model: checkpoints move freely between them):
+    # 'auto' = 'matmul_dw' on the CPU (weight gradients as matmuls over input windows, see
+    # siamjax/conv.py; faster there) and 'xla' (XLA's own) on accelerators.
+    c.model.conv_impl = "auto"
 
     # ---- Loss and optimiser -------------------------------------------------------------------
     # 'bce' on logits (the design), 'contrastive' (on the training pairs) or 'triplet' (anchor,

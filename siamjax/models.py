@@ -18,10 +18,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from siamjax import conv as conv_lib
 from siamjax import losses
+from siamjax import pool as pool_lib
 from siamjax.errors import UserError
 
-ENCODERS = ("signet", "small")
+ENCODERS = ("signet", "small", "vgg")
 COMBINES = ("diff", "absdiff", "concat", "distance")
 
 # PyTorch's default Conv/Linear weight init, kaiming_uniform(a=sqrt(5)), is U(+-1/sqrt(fan_in)),
@@ -56,12 +58,14 @@ class SigNetEncoder(nn.Module):
     dtype: Any = jnp.float32
     init: str = "torch"
     bn_momentum: float = 0.9
+    conv_impl: str = "xla"  # See siamjax.conv: 'xla', 'matmul_dw' or 'auto'.
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
         """[batch, H, W, 1] uint8 -> [batch, embedding_dim] float32."""
         k_init = kernel_init(self.init)
-        conv = functools.partial(nn.Conv, dtype=self.dtype, kernel_init=k_init)
+        conv = functools.partial(nn.Conv, dtype=self.dtype, kernel_init=k_init,
+                                 conv_general_dilated=conv_lib.for_backend(self.conv_impl))
         norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                                  momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype)
         x = _to_float(images, self.dtype)
@@ -71,7 +75,8 @@ class SigNetEncoder(nn.Module):
             x = conv(features, (k, k), strides=(s, s), padding=pad, name=f"conv{i}")(x)
             x = nn.relu(norm(name=f"bn{i}")(x))
             if pool:
-                x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+                x = pool_lib.max_pool(x, (3, 3), (2, 2), "VALID",
+                                      fast_grad=self.conv_impl != "xla")
         x = x.reshape((x.shape[0], -1))
         dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=k_init)
         x = nn.relu(dense(2048, name="fc0")(x))
@@ -93,22 +98,71 @@ class SmallEncoder(nn.Module):
     dtype: Any = jnp.float32
     init: str = "torch"
     bn_momentum: float = 0.9
+    conv_impl: str = "xla"  # See siamjax.conv: 'xla', 'matmul_dw' or 'auto'.
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
         """[batch, H, W, 1] uint8 -> [batch, embedding_dim] float32."""
         k_init = kernel_init(self.init)
+        conv_fn = conv_lib.for_backend(self.conv_impl)
         x = _to_float(images, self.dtype)
         w = self.width
         for i, (features, k) in enumerate([(w, 5), (2 * w, 3), (4 * w, 3), (4 * w, 3)]):
             # No bias: BatchNorm removes it, and Adagrad would amplify its zero gradient's noise.
             x = nn.Conv(features, (k, k), strides=(2, 2), padding="SAME", use_bias=False,
-                        dtype=self.dtype, kernel_init=k_init, name=f"conv{i}")(x)
+                        dtype=self.dtype, kernel_init=k_init, conv_general_dilated=conv_fn,
+                        name=f"conv{i}")(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=1e-5, dtype=self.dtype, name=f"bn{i}")(x)
             x = nn.relu(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(16 * w, dtype=self.dtype, kernel_init=k_init, name="fc0")(x))
+        x = nn.Dense(self.embedding_dim, dtype=self.dtype, kernel_init=k_init, name="embedding")(x)
+        return x.astype(jnp.float32)
+
+
+class VGGEncoder(nn.Module):
+    """Four 3x3 conv-BN-ReLU blocks at full resolution, each followed by 2x2 max pooling (widths
+    w, 2w, 3w, 4w), then a dense layer and the embedding.
+
+    Unlike `SmallEncoder`'s strided convolutions, every block sees each pixel before pooling, so
+    fine stroke detail (tremor, pen lifts, ink width: what tells a skilled forgery from the
+    writer's own hand) survives to the deeper layers.
+    """
+
+    width: int = 32
+    embedding_dim: int = 128
+    dtype: Any = jnp.float32
+    init: str = "torch"
+    bn_momentum: float = 0.9
+    conv_impl: str = "xla"  # See siamjax.conv: 'xla', 'matmul_dw' or 'auto'.
+    # > 1: the first block is a stem x stem convolution of stride `stem` (lossless patchify, as in
+    # ConvNeXt) instead of a full-resolution 3x3 conv + pool; 4x fewer FLOPs at every later layer
+    # and matmul-shaped work, which a CPU runs several times faster than thin full-size convs.
+    stem: int = 1
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+        """[batch, H, W, 1] uint8 -> [batch, embedding_dim] float32."""
+        k_init = kernel_init(self.init)
+        conv_fn = conv_lib.for_backend(self.conv_impl)
+        x = _to_float(images, self.dtype)
+        w = self.width
+        for i, features in enumerate([w, 2 * w, 3 * w, 4 * w]):
+            patchify = i == 0 and self.stem > 1
+            k, stride, pad = ((self.stem, self.stem), self.stem, "VALID") if patchify else (
+                (3, 3), 1, "SAME")
+            x = nn.Conv(features, k, strides=stride, padding=pad, use_bias=False,
+                        dtype=self.dtype, kernel_init=k_init, conv_general_dilated=conv_fn,
+                        name=f"conv{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=1e-5, dtype=self.dtype, name=f"bn{i}")(x)
+            x = nn.relu(x)
+            if not patchify:
+                x = pool_lib.max_pool(x, (2, 2), (2, 2), "VALID",
+                                      fast_grad=self.conv_impl != "xla")
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(8 * w, dtype=self.dtype, kernel_init=k_init, name="fc0")(x))
         x = nn.Dense(self.embedding_dim, dtype=self.dtype, kernel_init=k_init, name="embedding")(x)
         return x.astype(jnp.float32)
 
@@ -200,9 +254,11 @@ def create_model(model_config: ml_collections.ConfigDict) -> SiameseNet:
     """The SiameseNet that `config.model` describes."""
     dtype = dtype_from_name(model_config.dtype)
     common = dict(embedding_dim=model_config.embedding_dim, dtype=dtype, init=model_config.init,
-                  bn_momentum=model_config.bn_momentum)
+                  bn_momentum=model_config.bn_momentum, conv_impl=model_config.conv_impl)
     if model_config.encoder == "signet":
         encoder = SigNetEncoder(**common)
+    elif model_config.encoder == "vgg":
+        encoder = VGGEncoder(width=model_config.small_width, stem=model_config.vgg_stem, **common)
     elif model_config.encoder == "small":
         encoder = SmallEncoder(width=model_config.small_width, **common)
     else:
