@@ -1,12 +1,14 @@
 """Scores and metrics, shared by training (validation) and eval.py (any split).
 
 Each image's embedding is computed once and pairs are scored by the head over the cached
-embeddings, so the cost grows with images, not pairs. Batches are padded to one fixed shape with a
-mask, so evaluation compiles once. Metric definitions live in `siamjax.evaluate_metrics`.
+embeddings, gathered a batch at a time, so time and memory grow with images, not pairs. Batches
+are padded to one fixed shape with a mask, so evaluation compiles once. Metric definitions live in
+`siamjax.evaluate_metrics`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,12 +35,14 @@ class Scorer:
         self._score = jax.jit(lambda v, e1, e2: model.apply(v, e1, e2, method=SiameseNet.score),
                               in_shardings=(rep, data, data), out_shardings=data)
 
-    def _run(self, fn, variables, arrays: dict[str, np.ndarray], n: int) -> np.ndarray:
+    def _run(self, fn, variables, take: Callable[[np.ndarray], dict[str, np.ndarray]],
+             n: int) -> np.ndarray:
+        """`fn` over rows 0..n-1 in fixed-shape batches. `take(indices)` returns this process's
+        rows of one batch: inputs are gathered a batch at a time, never all n rows at once."""
         rows = parallel.local_rows(self.batch_size)
         out = []
         for idx, mask in padded_batches(n, self.batch_size):
-            local = {k: v[idx[rows]] for k, v in arrays.items()}
-            batch = parallel.to_global(local, self.mesh)
+            batch = parallel.to_global(take(idx[rows]), self.mesh)
             result = fn(variables, *batch.values())
             if jax.process_count() > 1:
                 result = multihost_utils.process_allgather(result, tiled=True)
@@ -47,16 +51,20 @@ class Scorer:
 
     def embeddings(self, variables: Any, images: np.ndarray) -> np.ndarray:
         """uint8 [n, H, W, 1] -> float32 [n, D], in evaluation mode."""
-        return self._run(self._embed, variables, {"x": images}, len(images))
+        return self._run(self._embed, variables, lambda i: {"x": images[i]}, len(images))
 
     def logits(self, variables: Any, images: np.ndarray, pairs: pairs_lib.Pairs) -> np.ndarray:
-        """Logits [len(pairs)] of pairs of indices into `images`, embedding each image once."""
-        used = np.unique(np.concatenate([pairs.a, pairs.b]))
-        emb = self.embeddings(variables, images[used])
-        pos = {int(i): k for k, i in enumerate(used)}
-        e1 = emb[[pos[int(i)] for i in pairs.a]]
-        e2 = emb[[pos[int(i)] for i in pairs.b]]
-        return self._run(self._score, variables, {"e1": e1, "e2": e2}, len(pairs))
+        """Logits [len(pairs)] of pairs of indices into `images`, embedding each image once.
+
+        The head's inputs are gathered from the cached embeddings one batch at a time, so memory
+        grows with the images, not the pairs: no [len(pairs), D] array is ever made.
+        """
+        used = np.unique(np.concatenate([pairs.a, pairs.b]))  # Sorted: positions by searchsorted.
+        emb = self._run(self._embed, variables, lambda i: {"x": images[used[i]]}, len(used))
+        pos_a = np.searchsorted(used, pairs.a).astype(np.int32)
+        pos_b = np.searchsorted(used, pairs.b).astype(np.int32)
+        return self._run(self._score, variables,
+                         lambda i: {"e1": emb[pos_a[i]], "e2": emb[pos_b[i]]}, len(pairs))
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from siamjax.input_pipeline import Data, TrainData
 
 # Config keys that define the network and its input: a checkpoint is only valid under the same.
 MODEL_KEYS = ("model", "image_height", "image_width")
+COMPUTE_ONLY_MODEL_KEYS = ("conv_impl",)
 
 
 class TrainState(train_state.TrainState):
@@ -181,7 +182,10 @@ def init_state_on_mesh(config: ml_collections.ConfigDict, model: nn.Module,
 
 def _model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     d = json.loads(config.to_json_best_effort())
-    return {k: d[k] for k in MODEL_KEYS}
+    out = {k: d[k] for k in MODEL_KEYS}
+    # How convolutions are computed does not change the model (siamjax.conv).
+    out["model"] = {k: v for k, v in out["model"].items() if k not in COMPUTE_ONLY_MODEL_KEYS}
+    return out
 
 
 def check_model_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -209,7 +213,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     """
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
@@ -218,8 +222,10 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     check_model_matches(config, workdir)
     path = os.path.join(workdir, "config.json")
     if jax.process_index() == 0:
-        with open(path, "w") as f:
+        # Written aside and renamed: another process (or eval.py) never reads half a file.
+        with open(path + ".tmp", "w") as f:
             f.write(config.to_json_best_effort(indent=2))
+        os.replace(path + ".tmp", path)
 
 
 # ---------------------------------------------------------------------------------------------
