@@ -6,12 +6,15 @@
 Random uint8 pairs, the real jitted step on every device (data parallel). Prints one JSON line:
 impl, device, batch, median/min/max step seconds, pairs/s, TFLOP/s (from the reference's count of
 7.23 GFLOP per SigNet pair when the encoder is signet at 150x220), first-step (compile) seconds.
+`measure(config, steps)` is the same measurement as a function; bench/run.py runs this script in a
+subprocess per setting, so that each setting compiles and allocates in a fresh process.
 """
 
 import json
 import os
 import sys
 import time
+from typing import Any
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -26,6 +29,68 @@ flags.DEFINE_string("dtype", None, "Override config.model.dtype (float32 / bfloa
 flags.DEFINE_string("out", None, "Also write the JSON line to this file.")
 
 SIGNET_GFLOP_PER_PAIR = 7.23  # Forward + backward, from bench/torch_reference.py's count.
+WARMUP_STEPS = 2  # After the first (compiling) step.
+
+
+def is_signet_reference(config) -> bool:
+    """Whether `config` is the network torch_reference.py counts 7.23 GFLOP per pair for."""
+    size = (config.image_height, config.image_width)
+    return config.model.encoder == "signet" and size == (150, 220)
+
+
+def measure(config, steps: int) -> dict[str, Any]:
+    """Times `steps` train steps of `config` (its batch_size and model.dtype) on random pairs.
+
+    Call after `siamjax.cli.hide_gpus_from_tensorflow()`. Returns the dict this script prints.
+    """
+    import jax
+    import numpy as np
+
+    from siamjax import models, parallel, train_lib
+
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    model = models.create_model(config.model)
+    state, sharding = train_lib.init_state_on_mesh(config, model, mesh)
+    step = train_lib.compile_train_step(config, mesh, sharding)
+    rng = np.random.default_rng(0)
+    shape = (config.batch_size, config.image_height, config.image_width, 1)
+    local = {
+        "image_a": rng.integers(0, 256, shape, dtype=np.uint8),
+        "image_b": rng.integers(0, 256, shape, dtype=np.uint8),
+        "label": rng.integers(0, 2, config.batch_size).astype(np.int32),
+    }
+    batch = parallel.to_global(local, mesh)
+    t0 = time.perf_counter()
+    state, m = step(state, batch)
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t0
+    for _ in range(WARMUP_STEPS):
+        state, m = step(state, batch)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, m = step(state, batch)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    med = times[len(times) // 2]
+    pairs_per_s = config.batch_size / med
+    tflops = pairs_per_s * SIGNET_GFLOP_PER_PAIR / 1e3 if is_signet_reference(config) else None
+    return {
+        "impl": f"siamjax-{config.model.encoder}-{config.model.dtype}",
+        "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+        "jax": jax.__version__,
+        "batch": config.batch_size,
+        "step_s_median": med,
+        "step_s_min": times[0],
+        "step_s_max": times[-1],
+        "pairs_per_s": pairs_per_s,
+        "tflops": tflops,
+        "first_step_s": first,
+        "final_loss": float(m["loss_sum"] / m["count"]),
+    }
 
 
 def main(argv):
@@ -33,49 +98,11 @@ def main(argv):
     from siamjax import cli
 
     cli.hide_gpus_from_tensorflow()
-    import jax
-    import numpy as np
-
-    from siamjax import models, parallel, train_lib
-
     cfg = FLAGS.config
     cfg.batch_size = FLAGS.batch
     if FLAGS.dtype:
         cfg.model.dtype = FLAGS.dtype
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(cfg.batch_size, mesh)
-    model = models.create_model(cfg.model)
-    state, sharding = train_lib.init_state_on_mesh(cfg, model, mesh)
-    step = train_lib.compile_train_step(cfg, mesh, sharding)
-    rng = np.random.default_rng(0)
-    shape = (cfg.batch_size, cfg.image_height, cfg.image_width, 1)
-    batch = parallel.to_global({"image_a": rng.integers(0, 256, shape, dtype=np.uint8),
-                                "image_b": rng.integers(0, 256, shape, dtype=np.uint8),
-                                "label": rng.integers(0, 2, cfg.batch_size).astype(np.int32)},
-                               mesh)
-    t0 = time.perf_counter()
-    state, m = step(state, batch)
-    jax.block_until_ready(m)
-    first = time.perf_counter() - t0
-    for _ in range(2):
-        state, m = step(state, batch)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(FLAGS.steps):
-        t0 = time.perf_counter()
-        state, m = step(state, batch)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    med = times[len(times) // 2]
-    signet = cfg.model.encoder == "signet" and (cfg.image_height, cfg.image_width) == (150, 220)
-    result = {"impl": f"siamjax-{cfg.model.encoder}-{cfg.model.dtype}",
-              "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
-              "jax": jax.__version__, "batch": cfg.batch_size, "step_s_median": med,
-              "step_s_min": times[0], "step_s_max": times[-1], "pairs_per_s": cfg.batch_size / med,
-              "tflops": cfg.batch_size / med * SIGNET_GFLOP_PER_PAIR / 1e3 if signet else None,
-              "first_step_s": first, "final_loss": float(m["loss_sum"] / m["count"])}
-    line = json.dumps(result)
+    line = json.dumps(measure(cfg, FLAGS.steps))
     print(line)
     if FLAGS.out:
         with open(FLAGS.out, "a") as f:
