@@ -85,3 +85,19 @@ def test_unknown_choices_are_user_errors(key, value):
     cfg.model[key] = value
     with pytest.raises(UserError, match=key):
         _init(cfg)
+
+
+def test_vgg_encoder_with_patchify_stem():
+    """configs/sigcomp_best.py: a 4x4/4 stem, then three 3x3 conv + 2x2 pool blocks."""
+    from configs import cedar_best, sigcomp_best
+
+    cfg = sigcomp_best.get_config()
+    assert cedar_best.get_config().model.to_dict() == cfg.model.to_dict()
+    model, variables, x = _init(cfg)
+    p = variables["params"]["encoder"]
+    assert [p[f"conv{i}"]["kernel"].shape for i in range(4)] == [
+        (4, 4, 1, 32), (3, 3, 32, 64), (3, 3, 64, 96), (3, 3, 96, 128)]
+    # 150x220 -> 37x55 (stem) -> 18x27 -> 9x13 -> 4x6 after the three pools.
+    assert p["fc0"]["kernel"].shape == (4 * 6 * 128, 256)
+    logits = model.apply(variables, x, x, train=False)
+    assert logits.shape == (2,) and logits.dtype == jnp.float32

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The results table's CPU rows: the best recipe on SigComp2011 (3 seeds = 3 writer splits; K = 1,
+# 5, 12 references; tested on CEDAR too) and on CEDAR (5 writer-disjoint folds; tested on
+# SigComp2011 too). Every run lands in results/<row>/<run>/ through scripts/run_result.py, which
+# trains once per workdir and skips a training that already finished, so the script resumes.
+#
+#     SIAMJAX_DATA_DIR=../shared/datasets bash scripts/cpu_results.sh
+#     SEEDS="0" FOLDS="" bash scripts/cpu_results.sh          # a subset
+#
+# The SigNet design rows need a GPU to be affordable: scripts/gpu_results.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+SEEDS="${SEEDS:-0 1 2}"
+FOLDS="${FOLDS:-0 1 2 3 4}"
+LOGS="${LOGS:-workdirs/results/logs}"
+mkdir -p "$LOGS"
+export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
+
+run() {  # run <log name> <run_result.py arguments...>
+  local name="$1"
+  shift
+  echo "$(date +%T) $name"
+  "$PYTHON" scripts/run_result.py "$@" >"$LOGS/$name.log" 2>&1 || {
+    echo "failed: $name (see $LOGS/$name.log)" >&2
+    return 1
+  }
+}
+
+for seed in $SEEDS; do
+  args=(-- --config=configs/sigcomp_best.py "--config.seed=$seed")
+  run "sigcomp_best_seed$seed" --row sigcomp2011_best --run "seed$seed" --order 20 "${args[@]}"
+  for k in 5 12; do
+    run "sigcomp_best_k${k}_seed$seed" --row "sigcomp2011_best_k$k" --train_row sigcomp2011_best \
+      --run "seed$seed" --order "2$((k == 5 ? 1 : 2))" \
+      --eval_args="--config.eval.references=$k" "${args[@]}"
+  done
+  run "sigcomp_best_to_cedar_seed$seed" --row sigcomp2011_best_to_cedar \
+    --train_row sigcomp2011_best --run "seed$seed" --order 40 \
+    --eval_args="--config.eval.dataset=cedar" "${args[@]}"
+done
+
+for fold in $FOLDS; do
+  args=(-- --config=configs/cedar_best.py --config.split.method=kfold "--config.split.fold=$fold")
+  run "cedar_best_fold$fold" --row cedar_best_kfold --run "fold$fold" --order 30 "${args[@]}"
+  run "cedar_best_to_sigcomp_fold$fold" --row cedar_best_to_sigcomp2011 \
+    --train_row cedar_best_kfold --run "fold$fold" --order 41 \
+    --eval_args="--config.eval.dataset=sigcomp2011" "${args[@]}"
+done
+
+"$PYTHON" scripts/results_table.py
