@@ -41,6 +41,17 @@ for seed in $SEEDS; do
     --eval_args="--config.eval.dataset=cedar" "${args[@]}"
 done
 
+# Ablation: the same recipe without augmentation (seed 0), on SigComp2011 and across to CEDAR.
+if [ "${ABLATIONS:-1}" = 1 ]; then
+  noaug=(--config.augment.noise_std=0 --config.augment.blur_prob=0 --config.augment.max_shift=0
+    --config.augment.max_rotation=0 --config.augment.max_scale=0 --config.augment.max_shear=0)
+  args=(-- --config=configs/sigcomp_best.py --config.seed=0 "${noaug[@]}")
+  run sigcomp_best_noaug_seed0 --row sigcomp2011_best_noaug --run seed0 --order 50 "${args[@]}"
+  run sigcomp_best_noaug_to_cedar_seed0 --row sigcomp2011_best_noaug_to_cedar \
+    --train_row sigcomp2011_best_noaug --run seed0 --order 51 \
+    --eval_args="--config.eval.dataset=cedar" "${args[@]}"
+fi
+
 for fold in $FOLDS; do
   args=(-- --config=configs/cedar_best.py --config.split.method=kfold "--config.split.fold=$fold")
   run "cedar_best_fold$fold" --row cedar_best_kfold --run "fold$fold" --order 30 "${args[@]}"
