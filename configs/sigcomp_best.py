@@ -15,6 +15,14 @@ What changed from the design (configs/sigcomp.py), and why, each judged on valid
   epochs (training accuracy 0.83).
 - Augmentation (small affine, shift, blur, noise): without it training accuracy reaches 0.985 and
   validation random-forgery EER is 31% against 17% with it, at the same skilled-forgery EER.
+
+The runs behind the choice (validation writers of seed 0, EER skilled / random):
+- `small` encoder (strided), 96x144, absdiff, Adam: 36.7% / 12.6% after 900 of 1500 steps
+  (stopped: sees writers, not forgers, as issue #7 found for the smoke config);
+- this config: 25.5% / 16.4% at its best step (900), 26.2% / 15.0% at 1200;
+- this config without augmentation: 25.5% / 22.7% (best, step 900), 26.6% / 21.3% at 1200.
+The design (`configs/sigcomp.py`) reported 18.5% / 40.2% at its best step (issue #7): better on
+skilled forgeries, at chance-like random-forgery EER; neither reaches the targets yet.
 """
 
 from configs import sigcomp

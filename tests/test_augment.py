@@ -181,13 +181,33 @@ def test_all_zero_settings_leave_images_unchanged():
     np.testing.assert_array_equal(y, jnp.clip(x, 0.0, 1.0))
 
 
+def _old_shift(image, dy, dx):
+    """The first shift: per-pixel row and column gathers of one [H, W, 1] image."""
+    h, w = image.shape[:2]
+    rows, cols = jnp.arange(h) - dy, jnp.arange(w) - dx
+    valid = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
+    out = image[jnp.clip(rows, 0, h - 1)][:, jnp.clip(cols, 0, w - 1)]
+    return jnp.where(valid[..., None], out, 0.0)
+
+
+def _old_blur(images, sigma):
+    """The first blur: two 1-channel 'SAME' convolutions with the Gaussian taps."""
+    k = jnp.asarray(augment_lib._gaussian_kernel(sigma))
+    dn = ("NHWC", "HWIO", "NHWC")
+    x = jax.lax.conv_general_dilated(images, k.reshape(-1, 1, 1, 1), (1, 1), "SAME",
+                                     dimension_numbers=dn)
+    return jax.lax.conv_general_dilated(x, k.reshape(1, -1, 1, 1), (1, 1), "SAME",
+                                        dimension_numbers=dn)
+
+
 def _old_augment(images, rng, cfg):
-    """The shift/blur/noise augment as it was before the other transforms were added."""
+    """The shift/blur/noise augment as it was before the other transforms were added (and before
+    shift and blur were rewritten for speed)."""
     b = images.shape[0]
     k_shift, k_blur, k_noise = jax.random.split(rng, 3)
     d = jax.random.randint(k_shift, (b, 2), -cfg.max_shift, cfg.max_shift + 1)
-    images = jax.vmap(augment_lib._shift)(images, d[:, 0], d[:, 1])
-    blurred = augment_lib.gaussian_blur(images, cfg.blur_sigma)
+    images = jax.vmap(_old_shift)(images, d[:, 0], d[:, 1])
+    blurred = _old_blur(images, cfg.blur_sigma)
     pick = jax.random.bernoulli(k_blur, cfg.blur_prob, (b, 1, 1, 1))
     images = jnp.where(pick, blurred, images)
     images = images + cfg.noise_std * jax.random.normal(k_noise, images.shape, images.dtype)
@@ -198,7 +218,9 @@ def test_old_settings_give_the_same_images_as_before():
     """New keys at 0: shift, blur and noise draw the same numbers as before they existed."""
     cfg = _cfg(max_shift=3, blur_prob=0.5, noise_std=0.05)
     old = jax.jit(lambda x, k: _old_augment(x, k, cfg))(_batch(), _key(7))
-    np.testing.assert_array_equal(_run(seed=7, max_shift=3, blur_prob=0.5, noise_std=0.05), old)
+    new = _run(seed=7, max_shift=3, blur_prob=0.5, noise_std=0.05)
+    # Same draws; the blur's sum of shifted copies rounds differently from a convolution.
+    np.testing.assert_allclose(new, old, rtol=0, atol=1e-6)
 
 
 def test_jits_and_is_deterministic_per_key():
