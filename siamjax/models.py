@@ -84,14 +84,11 @@ class SigNetEncoder(nn.Module):
         return dense(self.embedding_dim, name="embedding")(x).astype(jnp.float32)
 
 
-class SmallEncoder(nn.Module):
-    """A few-hundred-thousand-parameter encoder for CPUs and tests; same interface as SigNet.
-
-    Four conv-BN-ReLU blocks of stride 2 (widths w, 2w, 4w, 4w), then a dense layer and the
-    embedding. Strided convolutions instead of max-pooling: on a CPU, full-resolution convolutions
-    and pooling gradients cost 4-5x more for the same receptive field. It keeps the spatial layout
-    (no global pooling) because where the strokes are matters for signatures.
-    """
+class _ConvBlockEncoder(nn.Module):
+    """What `SmallEncoder` and `VGGEncoder` share: their fields, a conv-BN-ReLU block (no conv
+    bias: BatchNorm removes it, and Adagrad would amplify its zero gradient's noise) and the
+    flatten -> dense -> embedding tail. The spatial layout is kept (no global pooling) because
+    where the strokes are matters for signatures."""
 
     width: int = 16
     embedding_dim: int = 64
@@ -100,28 +97,44 @@ class SmallEncoder(nn.Module):
     bn_momentum: float = 0.9
     conv_impl: str = "xla"  # See siamjax.conv: 'xla', 'matmul_dw' or 'auto'.
 
-    @nn.compact
-    def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-        """[batch, H, W, 1] uint8 -> [batch, embedding_dim] float32."""
+    def _block(self, x: jax.Array, i: int, features: int, kernel: int, stride: int, padding: str,
+               train: bool) -> jax.Array:
+        """conv{i} -> bn{i} -> ReLU; called from the subclass's compact `__call__`."""
+        x = nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
+                    use_bias=False, dtype=self.dtype, kernel_init=kernel_init(self.init),
+                    conv_general_dilated=conv_lib.for_backend(self.conv_impl), name=f"conv{i}")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
+                         dtype=self.dtype, name=f"bn{i}")(x)
+        return nn.relu(x)
+
+    def _tail(self, x: jax.Array, hidden: int) -> jax.Array:
+        """[batch, h, w, c] -> fc0 (hidden, ReLU) -> embedding: [batch, embedding_dim] float32."""
         k_init = kernel_init(self.init)
-        conv_fn = conv_lib.for_backend(self.conv_impl)
-        x = _to_float(images, self.dtype)
-        w = self.width
-        for i, (features, k) in enumerate([(w, 5), (2 * w, 3), (4 * w, 3), (4 * w, 3)]):
-            # No bias: BatchNorm removes it, and Adagrad would amplify its zero gradient's noise.
-            x = nn.Conv(features, (k, k), strides=(2, 2), padding="SAME", use_bias=False,
-                        dtype=self.dtype, kernel_init=k_init, conv_general_dilated=conv_fn,
-                        name=f"conv{i}")(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=1e-5, dtype=self.dtype, name=f"bn{i}")(x)
-            x = nn.relu(x)
         x = x.reshape((x.shape[0], -1))
-        x = nn.relu(nn.Dense(16 * w, dtype=self.dtype, kernel_init=k_init, name="fc0")(x))
+        x = nn.relu(nn.Dense(hidden, dtype=self.dtype, kernel_init=k_init, name="fc0")(x))
         x = nn.Dense(self.embedding_dim, dtype=self.dtype, kernel_init=k_init, name="embedding")(x)
         return x.astype(jnp.float32)
 
 
-class VGGEncoder(nn.Module):
+class SmallEncoder(_ConvBlockEncoder):
+    """A few-hundred-thousand-parameter encoder for CPUs and tests; same interface as SigNet.
+
+    Four conv-BN-ReLU blocks of stride 2 (widths w, 2w, 4w, 4w), then a dense layer and the
+    embedding. Strided convolutions instead of max-pooling: on a CPU, full-resolution convolutions
+    and pooling gradients cost 4-5x more for the same receptive field.
+    """
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+        """[batch, H, W, 1] uint8 -> [batch, embedding_dim] float32."""
+        x = _to_float(images, self.dtype)
+        w = self.width
+        for i, (features, k) in enumerate([(w, 5), (2 * w, 3), (4 * w, 3), (4 * w, 3)]):
+            x = self._block(x, i, features, k, 2, "SAME", train)
+        return self._tail(x, 16 * w)
+
+
+class VGGEncoder(_ConvBlockEncoder):
     """Four 3x3 conv-BN-ReLU blocks at full resolution, each followed by 2x2 max pooling (widths
     w, 2w, 3w, 4w), then a dense layer and the embedding.
 
@@ -132,10 +145,6 @@ class VGGEncoder(nn.Module):
 
     width: int = 32
     embedding_dim: int = 128
-    dtype: Any = jnp.float32
-    init: str = "torch"
-    bn_momentum: float = 0.9
-    conv_impl: str = "xla"  # See siamjax.conv: 'xla', 'matmul_dw' or 'auto'.
     # > 1: the first block is a stem x stem convolution of stride `stem` (lossless patchify, as in
     # ConvNeXt) instead of a full-resolution 3x3 conv + pool; 4x fewer FLOPs at every later layer
     # and matmul-shaped work, which a CPU runs several times faster than thin full-size convs.
@@ -144,27 +153,15 @@ class VGGEncoder(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
         """[batch, H, W, 1] uint8 -> [batch, embedding_dim] float32."""
-        k_init = kernel_init(self.init)
-        conv_fn = conv_lib.for_backend(self.conv_impl)
         x = _to_float(images, self.dtype)
         w = self.width
         for i, features in enumerate([w, 2 * w, 3 * w, 4 * w]):
-            patchify = i == 0 and self.stem > 1
-            k, stride, pad = ((self.stem, self.stem), self.stem, "VALID") if patchify else (
-                (3, 3), 1, "SAME")
-            x = nn.Conv(features, k, strides=stride, padding=pad, use_bias=False,
-                        dtype=self.dtype, kernel_init=k_init, conv_general_dilated=conv_fn,
-                        name=f"conv{i}")(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=1e-5, dtype=self.dtype, name=f"bn{i}")(x)
-            x = nn.relu(x)
-            if not patchify:
-                x = pool_lib.max_pool(x, (2, 2), (2, 2), "VALID",
-                                      fast_grad=self.conv_impl != "xla")
-        x = x.reshape((x.shape[0], -1))
-        x = nn.relu(nn.Dense(8 * w, dtype=self.dtype, kernel_init=k_init, name="fc0")(x))
-        x = nn.Dense(self.embedding_dim, dtype=self.dtype, kernel_init=k_init, name="embedding")(x)
-        return x.astype(jnp.float32)
+            if i == 0 and self.stem > 1:
+                x = self._block(x, i, features, self.stem, self.stem, "VALID", train)
+                continue
+            x = self._block(x, i, features, 3, 1, "SAME", train)
+            x = pool_lib.max_pool(x, (2, 2), (2, 2), "VALID", fast_grad=self.conv_impl != "xla")
+        return self._tail(x, 8 * w)
 
 
 class Head(nn.Module):
