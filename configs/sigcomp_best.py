@@ -1,4 +1,4 @@
-"""The best recipe found on SigComp2011's validation writers, trainable on a 2-core CPU (~10 min).
+"""The best recipe found on SigComp2011's validation writers, trainable on a 2-core CPU (~15 min).
 
     SIAMJAX_DATA_DIR=/path/to/datasets python train.py --config=configs/sigcomp_best.py --workdir=W
     python eval.py --config=configs/sigcomp_best.py --workdir=W [--config.eval.references=5]
@@ -7,7 +7,9 @@ What changed from the design (configs/sigcomp.py), and why, each judged on valid
 (seed 0's split; the test writers were never looked at while choosing):
 - `vgg` encoder with a 4x4 patchify stem at 150x220 (1.0 M parameters): 3x3 convolutions with max
   pooling keep stroke detail that SigNet's 11x11 stride-4 first layer and the strided `small`
-  encoder blur away, and the stem makes it run at ~64 pairs/s on 2 cores (SigNet: ~15).
+  encoder blur away, and the stem makes its bare train step run at ~64 pairs/s on 2 cores
+  (SigNet: ~16); a whole run of 1200 steps took 14m46s-16m09s here (pipeline, validation and
+  checkpoints included; 20m39s while a test suite shared the CPU).
 - `absdiff`: |e1 - e2| is symmetric, so the head must compare the two signatures; the design's
   signed difference lets it judge the questioned image alone ("does it look forged?") and it
   misses other writers' genuine signatures (random-forgery EER worse than skilled).
