@@ -33,6 +33,17 @@ PATCHES_MAX_COLUMNS = 1024
 CONV_IMPLS = ("xla", "matmul_dw", "auto")
 
 
+def strided_window(
+    x: jax.Array, i: int, j: int, s: tuple[int, int], out_hw: tuple[int, int]
+) -> jax.Array:
+    """The [N, OH, OW, C] window of x [N, H, W, C] that output position (y, x) reads at kernel
+    offset (i, j) with strides s: x[:, i + s0*y, j + s1*x, :]. Shared with `siamjax.pool`."""
+    n, _, _, c = x.shape
+    oh, ow = out_hw
+    end = (n, i + s[0] * (oh - 1) + 1, j + s[1] * (ow - 1) + 1, c)
+    return lax.slice(x, (0, i, j, 0), end, (1, s[0], s[1], 1))
+
+
 def _slices(
     x: jax.Array,
     k: tuple[int, int],
@@ -42,18 +53,7 @@ def _slices(
 ) -> list:
     """The k_h*k_w strided windows of padded x, each [N, OH, OW, Cin], in (i, j) row-major order."""
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    n, _, _, c = x.shape
-    oh, ow = out_hw
-    return [
-        lax.slice(
-            xp,
-            (0, i, j, 0),
-            (n, i + s[0] * (oh - 1) + 1, j + s[1] * (ow - 1) + 1, c),
-            (1, s[0], s[1], 1),
-        )
-        for i in range(k[0])
-        for j in range(k[1])
-    ]
+    return [strided_window(xp, i, j, s, out_hw) for i in range(k[0]) for j in range(k[1])]
 
 
 def weight_grad(

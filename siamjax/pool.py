@@ -19,16 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-
-def _window(x: jax.Array, i: int, j: int, s: tuple[int, int], out_hw: tuple[int, int]):
-    n, _, _, c = x.shape
-    oh, ow = out_hw
-    return lax.slice(
-        x,
-        (0, i, j, 0),
-        (n, i + s[0] * (oh - 1) + 1, j + s[1] * (ow - 1) + 1, c),
-        (1, s[0], s[1], 1),
-    )
+from siamjax.conv import strided_window
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -50,7 +41,7 @@ def _bwd(window, strides, residuals, dy):
     zero = jnp.zeros((), dy.dtype)
     for i in range(window[0]):
         for j in range(window[1]):
-            mine = (_window(x, i, j, strides, (oh, ow)) == y) & ~claimed
+            mine = (strided_window(x, i, j, strides, (oh, ow)) == y) & ~claimed
             claimed = claimed | mine
             part = jnp.where(mine, dy, zero)
             hi_h = h - i - (strides[0] * (oh - 1) + 1)
