@@ -8,6 +8,7 @@ data position), and continues exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -296,9 +297,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     input_last = 0.0
     val: dict[str, float] = {}
     for step in range(start + 1, num_steps + 1):
-        t0 = time.perf_counter()
-        batch = parallel.to_global(next(batches), mesh)
-        spent["input_s"] += time.perf_counter() - t0
+        with _timed(spent, "input_s"):
+            batch = parallel.to_global(next(batches), mesh)
         state, m = step_fn(state, batch)
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
         last = step == num_steps
@@ -319,9 +319,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             sums, t_last, step_last = None, now, step
         evaluated = step % config.eval_every_steps == 0 or last
         if evaluated:
-            t0 = time.perf_counter()
-            val = _validate(scorer, state, data)
-            spent["validation_s"] += time.perf_counter() - t0
+            with _timed(spent, "validation_s"):
+                val = _validate(scorer, state, data)
             writer.write_scalars(step, {f"val_{k}": v for k, v in val.items()
                                         if isinstance(v, float) and np.isfinite(v)})
             logging.info("step %d validation: EER %.2f%% (skilled), EER %.2f%% (random), "
@@ -332,13 +331,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     "prior_positive": data.prior_positive,
                     "val_metrics": val if evaluated else None,
                     "model": _model_fingerprint(config)}
-            t0 = time.perf_counter()
-            ckpt.save(step, state, _jsonable(meta),
-                      metrics={checkpointing.BEST_METRIC: val["eer"]} if evaluated else None)
-            spent["checkpoint_s"] += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ckpt.wait()
-    spent["checkpoint_s"] += time.perf_counter() - t0
+            with _timed(spent, "checkpoint_s"):
+                ckpt.save(step, state, _jsonable(meta),
+                          metrics={checkpointing.BEST_METRIC: val["eer"]} if evaluated else None)
+    with _timed(spent, "checkpoint_s"):
+        ckpt.wait()
     writer.flush()
     best = ckpt.best_step()
     wall = time.perf_counter() - t_start
@@ -357,6 +354,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      spent["checkpoint_s"], 100 * val["eer"], best, ckpt.directory)
     ckpt.close()
     return summary
+
+
+@contextlib.contextmanager
+def _timed(spent: dict[str, float], key: str):
+    """Adds the wall time of the `with` body to spent[key]."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        spent[key] += time.perf_counter() - t0
 
 
 def _jsonable(d: Any) -> Any:
