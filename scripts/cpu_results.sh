@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # The results table's CPU rows: the best recipe on SigComp2011 (3 seeds = 3 writer splits; K = 1,
 # 5, 12 references; tested on CEDAR too) and on CEDAR (5 writer-disjoint folds; tested on
-# SigComp2011 too). Every run lands in results/<row>/<run>/ through scripts/run_result.py, which
+# SigComp2011 too); the SigNet design on SigComp2011 (3 seeds, float32, ~20-30 min each here); and
+# the loss ablation (contrastive and triplet in place of BCE, seed 0). Every run lands in results/<row>/<run>/ through scripts/run_result.py, which
 # trains once per workdir and skips a training that already finished, so the script resumes.
 #
 #     SIAMJAX_DATA_DIR=../shared/datasets bash scripts/cpu_results.sh
-#     SEEDS="0" FOLDS="" bash scripts/cpu_results.sh          # a subset
+#     SEEDS="0" FOLDS="" DESIGN_SEEDS="" LOSSES="" bash scripts/cpu_results.sh   # a subset
 #
-# The SigNet design rows need a GPU to be affordable: scripts/gpu_results.sh.
+# The design's CEDAR folds (and bf16 design rows) are for a GPU: scripts/gpu_results.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-SEEDS="${SEEDS:-0 1 2}"
-FOLDS="${FOLDS:-0 1 2 3 4}"
+SEEDS="${SEEDS-0 1 2}"
+FOLDS="${FOLDS-0 1 2 3 4}"
+DESIGN_SEEDS="${DESIGN_SEEDS-0 1 2}"
+LOSSES="${LOSSES-contrastive triplet}"
 LOGS="${LOGS:-workdirs/results/logs}"
 mkdir -p "$LOGS"
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
@@ -58,6 +61,25 @@ for fold in $FOLDS; do
   run "cedar_best_to_sigcomp_fold$fold" --row cedar_best_to_sigcomp2011 \
     --train_row cedar_best_kfold --run "fold$fold" --order 41 \
     --eval_args="--config.eval.dataset=sigcomp2011" "${args[@]}"
+done
+
+# The original design (configs/sigcomp.py: SigNet, signed difference, Adagrad), float32 on the CPU.
+for seed in $DESIGN_SEEDS; do
+  args=(-- --config=configs/sigcomp.py "--config.seed=$seed")
+  run "sigcomp_signet_seed$seed" --row sigcomp2011_signet --run "seed$seed" --order 10 "${args[@]}"
+  run "sigcomp_signet_k5_seed$seed" --row sigcomp2011_signet_k5 --train_row sigcomp2011_signet \
+    --run "seed$seed" --order 11 --eval_args="--config.eval.references=5" "${args[@]}"
+  run "sigcomp_signet_to_cedar_seed$seed" --row sigcomp2011_to_cedar \
+    --train_row sigcomp2011_signet --run "seed$seed" --order 12 \
+    --eval_args="--config.eval.dataset=cedar" "${args[@]}"
+done
+
+# Ablation: the best recipe with an embedding loss in place of BCE (seed 0). The score is then the
+# calibrated distance head (model.combine='distance'), so every metric is computed the same way.
+for loss in $LOSSES; do
+  args=(-- --config=configs/sigcomp_best.py --config.seed=0 "--config.loss=$loss"
+    --config.model.combine=distance)
+  run "sigcomp_best_${loss}_seed0" --row "sigcomp2011_best_$loss" --run seed0 --order 52 "${args[@]}"
 done
 
 "$PYTHON" scripts/results_table.py
