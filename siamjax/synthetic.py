@@ -38,6 +38,21 @@ from collections.abc import Iterator
 
 import numpy as np
 
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the generated dataset depends on, passed as one value from the config to the
+    renderer (the TFDS builder names its config after it): same settings, same images."""
+
+    num_writers: int  # Distinct writers, w0000 ...
+    genuine_per_writer: int
+    forgeries_per_writer: int  # Skilled forgeries per writer ...
+    forgers_per_writer: int  # ... made in turn by this many forgers of that writer.
+    height: int  # Output image size in pixels.
+    width: int
+    seed: int
+
+
 # Points per half-cycle when the pen trajectory is built; rendering resamples by arc length.
 _STEPS = 24
 # Rendered spacing of pen positions, in output pixels (denser than a pixel: no gaps).
@@ -664,30 +679,24 @@ def _template_scale(writer: Writer, height: int, width: int) -> float:
     return 0.94 * min(width * 0.9 / ext[0], height * 0.9 / ext[1])
 
 
-def render_writer(
-    writer_index: int,
-    genuine_per_writer: int,
-    forgeries_per_writer: int,
-    forgers_per_writer: int,
-    height: int,
-    width: int,
-    seed: int,
-) -> list[dict]:
+def render_writer(writer_index: int, settings: Settings) -> list[dict]:
     """All examples of one writer, in the `siamjax.datasets.common` format.
 
     Forgery j is made by the writer's forger j % forgers_per_writer, whose global id is
     writer_index * forgers_per_writer + (j % forgers_per_writer).
     """
+    height, width, seed = settings.height, settings.width, settings.seed
     writer = make_writer(seed, writer_index)
     name = f"w{writer_index:04d}"
     out = []
-    for g in range(genuine_per_writer):
+    for g in range(settings.genuine_per_writer):
         image = render_genuine(writer, g, height, width, seed, writer_index)
         out.append(_example(image, name, True, -1, f"{name}/genuine_{g:02d}"))
-    forgers = [make_forger(seed, writer_index, k) for k in range(max(forgers_per_writer, 1))]
-    for j in range(forgeries_per_writer):
+    per_writer = settings.forgers_per_writer
+    forgers = [make_forger(seed, writer_index, k) for k in range(max(per_writer, 1))]
+    for j in range(settings.forgeries_per_writer):
         k = j % len(forgers)
-        fid = writer_index * forgers_per_writer + k
+        fid = writer_index * per_writer + k
         image = render_forgery(writer, forgers[k], j, height, width, seed, writer_index)
         out.append(_example(image, name, False, fid, f"{name}/forgery_f{fid:04d}_{j:02d}"))
     return out
@@ -705,22 +714,12 @@ def _example(image: np.ndarray, writer: str, is_genuine: bool, forger: int, path
     }
 
 
-def render_dataset(
-    num_writers: int,
-    genuine_per_writer: int,
-    forgeries_per_writer: int,
-    forgers_per_writer: int,
-    height: int,
-    width: int,
-    seed: int,
-) -> Iterator[dict]:
-    """Every example of the procedural dataset, writer by writer, deterministically from `seed`.
+def render_dataset(settings: Settings) -> Iterator[dict]:
+    """Every example of the procedural dataset, writer by writer, deterministically from the seed.
 
     Yields dicts with the features of `siamjax.datasets.common.features(height, width)`:
     image [height, width, 1] uint8 (ink 255 on 0), writer "w0003", is_genuine, forger (-1 for
     genuine, else a global forger id), path "w0003/genuine_05" / "w0003/forgery_f0012_03", sha256.
     """
-    for w in range(num_writers):
-        yield from render_writer(
-            w, genuine_per_writer, forgeries_per_writer, forgers_per_writer, height, width, seed
-        )
+    for w in range(settings.num_writers):
+        yield from render_writer(w, settings)

@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from siamjax import catalog as catalog_lib
+from siamjax import synthetic
 from siamjax.errors import UserError
 
 DATASETS = ("synthetic", "sigcomp2011", "cedar", "signature_folder")
@@ -37,18 +38,22 @@ def raw_data_dir(config: ml_collections.ConfigDict) -> str:
     return path
 
 
+def synthetic_settings(config: ml_collections.ConfigDict) -> synthetic.Settings:
+    """The generator settings of `config.synthetic`, at the config's image size."""
+    s = config.synthetic
+    return synthetic.Settings(num_writers=s.num_writers, genuine_per_writer=s.genuine_per_writer,
+                              forgeries_per_writer=s.forgeries_per_writer,
+                              forgers_per_writer=s.forgers_per_writer, height=config.image_height,
+                              width=config.image_width, seed=s.seed)
+
+
 def make_builder(config: ml_collections.ConfigDict) -> tuple[tfds.core.DatasetBuilder, str | None]:
     """(builder, manual_dir) for `config.dataset`; manual_dir is None for generated data."""
     h, w, out = config.image_height, config.image_width, tfds_data_dir(config)
     if config.dataset == "synthetic":
         from siamjax.datasets.synthetic import synthetic_dataset_builder as synth
 
-        s = config.synthetic
-        return synth.make_builder(num_writers=s.num_writers,
-                                  genuine_per_writer=s.genuine_per_writer,
-                                  forgeries_per_writer=s.forgeries_per_writer,
-                                  forgers_per_writer=s.forgers_per_writer, height=h, width=w,
-                                  seed=s.seed, data_dir=out), None
+        return synth.make_builder(synthetic_settings(config), data_dir=out), None
     skip = bool(config.real.skip_bad_files)
     if config.dataset == "sigcomp2011":
         from siamjax.datasets.sigcomp2011 import sigcomp2011_dataset_builder as sigcomp
