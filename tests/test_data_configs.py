@@ -1,6 +1,8 @@
 """Configs alone wire datasets: a BHSig260-like folder loads through `signature_folder`; the
 Kaggle pair lists load as a protocol of their own."""
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -21,13 +23,17 @@ def _scan(path, seed):
     img.save(path, format="TIFF")
 
 
-def test_a_bhsig260_layout_loads_with_the_config_only(tmp_path):
-    root = tmp_path / "data" / "BHSig260" / "Bengali"
+def _bhsig_folder(root):
+    """8 writers x (3 genuine + 3 forged) made-up scans in BHSig260's Bengali layout."""
     for w in range(1, 9):
         for n in range(1, 4):
-            _scan(root / str(w) / f"B-S-{w}-G-{n:02d}.tif", seed=100 * w + n)
-            _scan(root / str(w) / f"B-S-{w}-F-{n:02d}.tif", seed=1000 * w + n)
-    (root / "1" / "Thumbs.db").write_bytes(b"\0")  # Ignored, not an error.
+            _scan(root / "Bengali" / str(w) / f"B-S-{w}-G-{n:02d}.tif", seed=100 * w + n)
+            _scan(root / "Bengali" / str(w) / f"B-S-{w}-F-{n:02d}.tif", seed=1000 * w + n)
+    (root / "Bengali" / "1" / "Thumbs.db").write_bytes(b"\0")  # Ignored, not an error.
+
+
+def test_a_bhsig260_layout_loads_with_the_config_only(tmp_path):
+    _bhsig_folder(tmp_path / "data" / "BHSig260")
     cfg = bhsig260.get_config()
     cfg.data_dir = str(tmp_path / "data")
     cfg.tfds_data_dir = str(tmp_path / "tfds")
@@ -40,6 +46,26 @@ def test_a_bhsig260_layout_loads_with_the_config_only(tmp_path):
     assert cat.images.shape == (48, 32, 48, 1) and cat.images.dtype == np.uint8
     assert sorted(sum(data.splits.values(), [])) == sorted(set(cat.writer))
     assert set(data.eval_pairs) == {"validation", "test"}
+
+
+def test_an_absolute_folder_root_needs_no_data_dir(tmp_path, monkeypatch):
+    """`--config.real.folder_root=/abs/path` (documented in configs/default.py) builds from that
+    folder: no data dir (nor TFDS's default manual dir) is needed."""
+    root = tmp_path / "elsewhere" / "BHSig260"
+    _bhsig_folder(root)
+    monkeypatch.delenv("SIAMJAX_DATA_DIR", raising=False)
+    cfg = bhsig260.get_config()
+    cfg.data_dir = ""
+    cfg.real.folder_root = str(root)
+    assert os.path.isabs(cfg.real.folder_root)
+    cfg.tfds_data_dir = str(tmp_path / "tfds")
+    cfg.image_height, cfg.image_width = 32, 48
+    cfg.split.val_fraction = cfg.split.test_fraction = 0.25
+    data = Data(cfg)
+    cat = data.catalog
+    assert len(cat) == 48 and len(set(cat.writer)) == 8 and int(cat.is_genuine.sum()) == 24
+    # Paths are relative to the root, as with a root under the data dir.
+    assert "Bengali/1/B-S-1-G-01.tif" in set(cat.path)
 
 
 @pytest.mark.realdata

@@ -19,13 +19,13 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
-from siamjax.datasets import cedar, sigcomp2011, signature_folder
+from siamjax.datasets import cedar, real, sigcomp2011, signature_folder
 from siamjax.datasets.signature_folder import signature_folder_dataset_builder as folder_lib
 from siamjax.errors import UserError
 
 SMALL = (32, 48)  # Image size of the dummy builds: the checks do not need more pixels.
 BHSIG = r"Bengali/(?P<writer>\d+)/B-S-(?P=writer)-(?P<kind>[GF])-\d+\.tif"
-DATASETS = pathlib.Path(folder_lib.__file__).parents[1]
+DATASETS = pathlib.Path(real.__file__).parent
 
 
 # ---- TFDS's builder checks on dummy_data -------------------------------------------------------
@@ -36,14 +36,14 @@ class Sigcomp2011Test(tfds.testing.DatasetBuilderTestCase):
 
     DATASET_CLASS = sigcomp2011.Builder
     SPLITS = {"train": 7, "test": 2}
-    BUILDER_CONFIG_NAMES_TO_TEST = [folder_lib.ImageConfig.of(*SMALL)]
+    BUILDER_CONFIG_NAMES_TO_TEST = [real.ImageConfig.of(*SMALL)]
     SKIP_CHECKSUMS = True
 
 
 class CedarTest(tfds.testing.DatasetBuilderTestCase):
     DATASET_CLASS = cedar.Builder
     SPLITS = {"train": 5}
-    BUILDER_CONFIG_NAMES_TO_TEST = [folder_lib.ImageConfig.of(*SMALL)]
+    BUILDER_CONFIG_NAMES_TO_TEST = [real.ImageConfig.of(*SMALL)]
     SKIP_CHECKSUMS = True
 
 
@@ -102,7 +102,8 @@ def sign_data(tmp_path) -> pathlib.Path:
 
 
 def sigcomp(tmp_path, skip: bool = False):
-    return sigcomp2011.make_builder(*SMALL, data_dir=str(tmp_path / "tfds"), skip_bad_files=skip)
+    tfds_dir = str(tmp_path / "tfds")
+    return sigcomp2011.Builder.for_size(*SMALL, data_dir=tfds_dir, skip_bad_files=skip)
 
 
 def report(builder) -> dict:
@@ -197,7 +198,7 @@ def test_blank_page_is_an_error_naming_it(tmp_path, sign_data):
 def test_empty_folder_is_always_an_error(tmp_path, skip):
     (tmp_path / "raw/cedar/full_org").mkdir(parents=True)
     (tmp_path / "raw/cedar/full_org/notes.txt").write_text("no images here")
-    builder = cedar.make_builder(*SMALL, data_dir=str(tmp_path / "tfds"), skip_bad_files=skip)
+    builder = cedar.Builder.for_size(*SMALL, data_dir=str(tmp_path / "tfds"), skip_bad_files=skip)
     with pytest.raises(UserError, match="no usable signature image"):
         build(builder, tmp_path / "raw")
 
@@ -207,7 +208,7 @@ def test_every_image_bad_is_an_error_even_when_skipping(tmp_path):
     fake.mkdir(parents=True)
     for name in ("original_1_1.png", "forgeries_1_1.png"):
         (fake.parent / name).write_bytes(b"")
-    builder = cedar.make_builder(*SMALL, data_dir=str(tmp_path / "tfds"), skip_bad_files=True)
+    builder = cedar.Builder.for_size(*SMALL, data_dir=str(tmp_path / "tfds"), skip_bad_files=True)
     with pytest.raises(UserError, match="no image of this split was usable"):
         build(builder, tmp_path / "raw")
 
@@ -219,7 +220,8 @@ def test_cedar_flat_folder_and_its_checks(tmp_path):
             fake_image(flat / f"original_{w}_{n}.png", 10 * w + n)
             fake_image(flat / f"forgeries_{w}_{n}.png", 100 + 10 * w + n)
     (flat / "Thumbs.db").write_bytes(b"\x00junk")
-    builder = build(cedar.make_builder(*SMALL, data_dir=str(tmp_path / "tfds")), tmp_path / "raw")
+    builder = cedar.Builder.for_size(*SMALL, data_dir=str(tmp_path / "tfds"))
+    builder = build(builder, tmp_path / "raw")
     rows = records(builder)
     assert len(rows) == 8 and sum(r["is_genuine"] for r in rows) == 4
     assert {text(r["writer"]) for r in rows} == {"1", "2"}
@@ -460,7 +462,7 @@ def test_real_full_build_150x220(real_data_dir, tmp_path, name):
     """End to end at the model's size; measured on 2 cores: sigcomp2011 ~10 s, cedar ~15 s."""
     module = {"sigcomp2011": sigcomp2011, "cedar": cedar}[name]
     start = time.perf_counter()
-    builder = build(module.make_builder(150, 220, data_dir=str(tmp_path)), real_data_dir)
+    builder = build(module.Builder.for_size(150, 220, data_dir=str(tmp_path)), real_data_dir)
     elapsed = time.perf_counter() - start
     data = tfds.as_numpy(builder.as_dataset(split="train", batch_size=-1))
     images, genuine = data["image"], data["is_genuine"]

@@ -1,1 +1,2 @@
-"""TFDS builders for signature datasets: one folder each, plus the shared example format."""
+"""TFDS builders for signature datasets: one folder each; the example format (`common`), what
+the builders of real scans share (`real`) and config -> builder (`registry`)."""

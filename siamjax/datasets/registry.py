@@ -48,33 +48,36 @@ def synthetic_settings(config: ml_collections.ConfigDict) -> synthetic.Settings:
 
 
 def make_builder(config: ml_collections.ConfigDict) -> tuple[tfds.core.DatasetBuilder, str | None]:
-    """(builder, manual_dir) for `config.dataset`; manual_dir is None for generated data."""
+    """(builder, manual_dir) for `config.dataset`; manual_dir is None where the builder needs
+    none (generated data, or a signature_folder whose root is absolute)."""
     h, w, out = config.image_height, config.image_width, tfds_data_dir(config)
+    # Builders are imported when named: each pulls in its own dependencies.
     if config.dataset == "synthetic":
         from siamjax.datasets.synthetic import synthetic_dataset_builder as synth
 
         return synth.make_builder(synthetic_settings(config), data_dir=out), None
     skip = bool(config.real.skip_bad_files)
     if config.dataset == "sigcomp2011":
-        from siamjax.datasets.sigcomp2011 import sigcomp2011_dataset_builder as sigcomp
+        from siamjax.datasets import sigcomp2011
 
-        return sigcomp.make_builder(h, w, data_dir=out, skip_bad_files=skip), raw_data_dir(config)
+        builder = sigcomp2011.Builder.for_size(h, w, data_dir=out, skip_bad_files=skip)
+        return builder, raw_data_dir(config)
     if config.dataset == "cedar":
-        from siamjax.datasets.cedar import cedar_dataset_builder as cedar
+        from siamjax.datasets import cedar
 
-        return cedar.make_builder(h, w, data_dir=out, skip_bad_files=skip), raw_data_dir(config)
+        return cedar.Builder.for_size(h, w, data_dir=out, skip_bad_files=skip), raw_data_dir(config)
     if config.dataset == "signature_folder":
-        from siamjax.datasets.signature_folder import signature_folder_dataset_builder as folder
+        from siamjax.datasets import signature_folder
 
         r = config.real
         if not r.folder_root or not r.pattern:
             raise UserError("config.dataset='signature_folder' needs config.real.folder_root and "
                             "config.real.pattern (see configs/bhsig260.py).")
         manual = raw_data_dir(config) if not os.path.isabs(r.folder_root) else None
-        return folder.make_builder(root=r.folder_root, pattern=r.pattern, height=h, width=w,
-                                   data_dir=out, genuine_values=r.genuine_values,
-                                   forged_values=r.forged_values, folder_name=r.folder_name,
-                                   skip_bad_files=skip), manual
+        return signature_folder.make_builder(
+            root=r.folder_root, pattern=r.pattern, height=h, width=w, data_dir=out,
+            genuine_values=r.genuine_values, forged_values=r.forged_values,
+            folder_name=r.folder_name, skip_bad_files=skip), manual
     raise UserError(f"config.dataset={config.dataset!r}; use one of {DATASETS}.")
 
 

@@ -5,16 +5,17 @@ forgery of writer W), so both `full_org/` + `full_forg/` and a single folder hol
 work. One split, `train`, with every image: writer-disjoint splits are `siamjax.pairs`' job.
 
 Not for decoding (`siamjax.preprocess`) nor for what all real builders share (listing, checks,
-thread pool, skip report: `siamjax.datasets.signature_folder`).
+thread pool, skip report, the builder base: `siamjax.datasets.real`).
 """
 
 from __future__ import annotations
 
 import re
 
+import tensorflow_datasets as tfds
 from etils import epath
 
-from siamjax.datasets.signature_folder import signature_folder_dataset_builder as folder
+from siamjax.datasets import real
 from siamjax.errors import UserError
 
 _NAME = re.compile(
@@ -24,12 +25,12 @@ _NAME = re.compile(
 _WRONG_FOLDER = {"full_org": "forgeries", "full_forg": "original"}
 
 
-def classifier() -> folder.Classifier:
+def classifier() -> real.Classifier:
     """Classifies by file name; a signature named twice (e.g. in full_org/ and in a flat copy)
     or a forgery inside full_org/ (an original inside full_forg/) is a problem."""
     seen: dict[tuple[str, str, int], str] = {}
 
-    def classify(rel: str) -> folder.SourceImage | str:
+    def classify(rel: str) -> real.SourceImage | str:
         parts = rel.split("/")
         m = _NAME.fullmatch(parts[-1])
         if m is None:
@@ -41,7 +42,7 @@ def classifier() -> folder.Classifier:
         if identity in seen:
             return f"the same signature ({kind} {writer}/{identity[2]}) as {seen[identity]}"
         seen[identity] = rel
-        return folder.SourceImage(rel, writer, kind == "original")
+        return real.SourceImage(rel, writer, kind == "original")
 
     return classify
 
@@ -66,12 +67,12 @@ def find_root(manual_dir: epath.PathLike) -> epath.Path:
     return manual_dir
 
 
-def list_files(root: epath.PathLike) -> folder.Listing:
+def list_files(root: epath.PathLike) -> real.Listing:
     """Every image under the CEDAR root, classified, as the builder enumerates them."""
-    return folder.scan(root, classifier())
+    return real.scan(root, classifier())
 
 
-class Builder(folder.RealBuilder):
+class Builder(real.RealBuilder):
     """CEDAR offline signatures: 55 writers x 24 genuine + 24 skilled forgeries."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -85,18 +86,9 @@ class Builder(folder.RealBuilder):
         "forgeries each, scanned at 300 dpi."
     )
     HOMEPAGE = "https://cedar.buffalo.edu/NIJ/"
-    BUILDER_CONFIGS = [folder.ImageConfig.of(150, 220)]
+    BUILDER_CONFIGS = [real.ImageConfig.of(150, 220)]
     WHAT = "CEDAR"
 
-    def _listing(self, manual: epath.Path) -> folder.Listing:
-        return list_files(find_root(manual))
+    def _listing(self, dl_manager: tfds.download.DownloadManager) -> real.Listing:
+        return list_files(find_root(real.manual_dir(dl_manager)))
 
-
-def make_builder(
-    height: int, width: int, *, data_dir: str, skip_bad_files: bool = False
-) -> Builder:
-    """The CEDAR builder for one image size, preparing into `data_dir` (TFDS's folder)."""
-    name = folder.size_name(height, width, skip_bad_files)
-    if name in Builder.builder_configs:  # TFDS refuses a new config object with a known name.
-        return Builder(config=name, data_dir=data_dir)
-    return Builder(config=folder.ImageConfig.of(height, width, skip_bad_files), data_dir=data_dir)

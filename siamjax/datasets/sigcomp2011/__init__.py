@@ -5,8 +5,7 @@ from siamjax.datasets.sigcomp2011.sigcomp2011_dataset_builder import (
     KagglePair,
     find_root,
     list_files,
-    make_builder,
     read_kaggle_pairs,
 )
 
-__all__ = ["Builder", "KagglePair", "find_root", "list_files", "make_builder", "read_kaggle_pairs"]
+__all__ = ["Builder", "KagglePair", "find_root", "list_files", "read_kaggle_pairs"]

@@ -6,7 +6,7 @@ copy of a `train/` image (the build logs how many); an honest evaluation splits 
 for comparison with published numbers only: they share writers and images between their splits.
 
 Not for decoding (`siamjax.preprocess`) nor for what all real builders share (listing, checks,
-thread pool, skip report: `siamjax.datasets.signature_folder`).
+thread pool, skip report, the builder base: `siamjax.datasets.real`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import collections
 import dataclasses
 import re
 
+import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from siamjax.datasets.signature_folder import signature_folder_dataset_builder as folder
+from siamjax.datasets import common, real
 from siamjax.errors import UserError
 
 SPLITS = ("train", "test")
@@ -35,7 +36,7 @@ _FORGED = (
 _FOLDER = re.compile(r"(?P<writer>\d{3})(?P<forg>_forg)?")
 
 
-def classify(rel: str) -> folder.SourceImage | str:
+def classify(rel: str) -> real.SourceImage | str:
     """What `train/001/001_01.PNG` or `test/049_forg/02_0114049.PNG` is, or why it is unexpected.
 
     The writer must agree between folder and file name, genuine names must sit in `NNN/` and
@@ -58,8 +59,8 @@ def classify(rel: str) -> folder.SourceImage | str:
         return f"name of a {'genuine signature' if in_forg else 'forgery'} in a {kind} folder"
     if m.group("writer") != writer:
         return f"file name says writer {m.group('writer')} but the folder says {writer}"
-    forger = int(m.group("forger")) if in_forg else folder.common.UNKNOWN_FORGER
-    return folder.SourceImage(rel, writer, not in_forg, forger, split=parts[0])
+    forger = int(m.group("forger")) if in_forg else common.UNKNOWN_FORGER
+    return real.SourceImage(rel, writer, not in_forg, forger, split=parts[0])
 
 
 def find_root(manual_dir: epath.PathLike) -> epath.Path:
@@ -82,14 +83,14 @@ def find_root(manual_dir: epath.PathLike) -> epath.Path:
     )
 
 
-def list_files(root: epath.PathLike) -> folder.Listing:
+def list_files(root: epath.PathLike) -> real.Listing:
     """Every image under the sign_data root, classified, as the builder enumerates them."""
-    return folder.scan(root, classify)
+    return real.scan(root, classify)
 
 
-def test_duplicates(listing: folder.Listing) -> tuple[int, int]:
+def test_duplicates(listing: real.Listing) -> tuple[int, int]:
     """(test images whose bytes repeat a train image, test images)."""
-    hashes = folder.content_hashes(listing.root, listing.images)
+    hashes = real.content_hashes(listing.root, listing.images)
     train = {hashes[im.relpath] for im in listing.split("train")}
     test = listing.split("test")
     return sum(hashes[im.relpath] in train for im in test), len(test)
@@ -133,7 +134,7 @@ def read_kaggle_pairs(root: epath.PathLike, split: str) -> list[KagglePair]:
     return pairs
 
 
-class Builder(folder.RealBuilder):
+class Builder(real.RealBuilder):
     """SigComp2011 Dutch offline signatures (Kaggle layout), normalised at build time."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -147,13 +148,13 @@ class Builder(folder.RealBuilder):
         "genuine signatures and skilled forgeries; test/ repeats train/ images."
     )
     HOMEPAGE = "https://www.kaggle.com/datasets/robinreni/signature-verification-dataset"
-    BUILDER_CONFIGS = [folder.ImageConfig.of(150, 220)]
+    BUILDER_CONFIGS = [real.ImageConfig.of(150, 220)]
     WHAT = "SigComp2011 sign_data"
 
-    def _listing(self, manual: epath.Path) -> folder.Listing:
-        return list_files(find_root(manual))
+    def _listing(self, dl_manager: tfds.download.DownloadManager) -> real.Listing:
+        return list_files(find_root(real.manual_dir(dl_manager)))
 
-    def _after_listing(self, listing: folder.Listing) -> None:
+    def _after_listing(self, listing: real.Listing) -> None:
         repeated, total = test_duplicates(listing)
         logging.info(
             "sigcomp2011: %d of %d test/ images repeat a train/ image byte for byte (Kaggle's "
@@ -170,12 +171,3 @@ class Builder(folder.RealBuilder):
             counts["test", False],
         )
 
-
-def make_builder(
-    height: int, width: int, *, data_dir: str, skip_bad_files: bool = False
-) -> Builder:
-    """The SigComp2011 builder for one image size, preparing into `data_dir` (TFDS's folder)."""
-    name = folder.size_name(height, width, skip_bad_files)
-    if name in Builder.builder_configs:  # TFDS refuses a new config object with a known name.
-        return Builder(config=name, data_dir=data_dir)
-    return Builder(config=folder.ImageConfig.of(height, width, skip_bad_files), data_dir=data_dir)
