@@ -19,28 +19,30 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from siamjax import catalog as catalog_lib
 from siamjax import pairs as pairs_lib
 from siamjax import parallel
 from siamjax.catalog import Catalog
 from siamjax.datasets import registry
+from siamjax.datasets.sigcomp2011 import kaggle
 from siamjax.errors import UserError
 
 
 class Data:
     """The catalog, its writer-disjoint splits and the fixed evaluation pairs of a config.
 
-    With `config.split.method == 'kaggle_csv'` (SigComp2011 only) the splits are Kaggle's own
-    pair lists instead: `train_data.csv` trains (its last 10% of rows validate) and
-    `test_data.csv` tests. They share writers and images, so their numbers are only comparable
-    with published Kaggle results, never a measure of verification on unseen writers.
+    With `config.split.method == 'kaggle_csv'` (SigComp2011 only) the splits and pairs are
+    Kaggle's own lists instead (`siamjax.datasets.sigcomp2011.kaggle`). Building it only computes;
+    `save` writes the evaluation pairs and splits into a workdir.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
+    def __init__(self, config: ml_collections.ConfigDict):
         # Fixed training pairs (kaggle_csv); None: pairs are drawn from the train split per epoch.
         self.train_pairs: pairs_lib.Pairs | None = None
         if config.split.method == "kaggle_csv":
-            self._init_kaggle(config)
+            protocol = kaggle.load(config)
+            self.catalog, self.train_pairs = protocol.catalog, protocol.train_pairs
+            self.eval_pairs, self.indices = protocol.eval_pairs, protocol.indices
+            self.splits = protocol.splits
         else:
             self._init_writer_disjoint(config)
         cat = self.catalog
@@ -58,12 +60,6 @@ class Data:
                          int((~cat.is_genuine[idx]).sum()),
                          f", eval pairs {self.eval_pairs[name].counts()}"
                          if name in self.eval_pairs else "")
-        if workdir and jax.process_index() == 0:
-            for name, p in self.eval_pairs.items():
-                pairs_lib.save_pairs(os.path.join(workdir, "pairs", f"{name}.json"), p, cat.path,
-                                     cat.writer)
-            with open(os.path.join(workdir, "pairs", "splits.json"), "w") as f:
-                json.dump(self.splits, f, indent=1)
 
     def _init_writer_disjoint(self, config: ml_collections.ConfigDict) -> None:
         self.catalog: Catalog = registry.load_catalog(config)
@@ -76,39 +72,18 @@ class Data:
                                        config.pairs, config.seed)
             for name in ("validation", "test") if len(self.indices[name])}
 
-    def _init_kaggle(self, config: ml_collections.ConfigDict) -> None:
-        if config.dataset != "sigcomp2011":
-            raise UserError("config.split.method='kaggle_csv' needs config.dataset='sigcomp2011'.")
-        from siamjax.datasets.sigcomp2011 import sigcomp2011_dataset_builder as sigcomp
-
-        logging.warning("split 'kaggle_csv': Kaggle's pair lists share writers and images between "
-                        "train and test; the numbers overstate verification of unseen writers.")
-        builder = registry.prepare(config)
-        parts = [catalog_lib.from_builder(builder, s, dedupe=False) for s in ("train", "test")]
-        self.catalog = catalog_lib.concatenate(parts)
-        cat = self.catalog
-        where = {p: i for i, p in enumerate(cat.path)}
-        root = sigcomp.find_root(registry.raw_data_dir(config))
-
-        def as_pairs(rows):
-            missing = [r.path2 for r in rows if r.path1 not in where or r.path2 not in where]
-            if missing:
-                raise UserError(f"Kaggle pair list names {missing[0]}, which the prepared "
-                                "dataset does not hold.")
-            a = [where[r.path1] for r in rows]
-            b = [where[r.path2] for r in rows]
-            kind = [pairs_lib.GENUINE if r.label else pairs_lib.SKILLED for r in rows]
-            return pairs_lib._make_pairs(a, b, kind)
-
-        train_rows = sigcomp.read_kaggle_pairs(root, "train")
-        n_val = len(train_rows) // 10
-        self.train_pairs = as_pairs(train_rows[:-n_val])
-        self.eval_pairs = {"validation": as_pairs(train_rows[-n_val:]),
-                           "test": as_pairs(sigcomp.read_kaggle_pairs(root, "test"))}
-        is_test = np.char.startswith(cat.path.astype(str), "test/")
-        self.indices = {"train": np.flatnonzero(~is_test), "validation": np.flatnonzero(~is_test),
-                        "test": np.flatnonzero(is_test)}
-        self.splits = {k: sorted(set(cat.writer[v])) for k, v in self.indices.items()}
+    def save(self, workdir: str) -> None:
+        """Writes `workdir/pairs/<split>.json` (the fixed evaluation pairs, with source paths) and
+        `workdir/pairs/splits.json` (the writers of each split), so that every reported number
+        can be recomputed; only process 0 writes."""
+        if jax.process_index() != 0:
+            return
+        cat, folder = self.catalog, os.path.join(workdir, "pairs")
+        os.makedirs(folder, exist_ok=True)
+        for name, p in self.eval_pairs.items():
+            pairs_lib.save_pairs(os.path.join(folder, f"{name}.json"), p, cat.path, cat.writer)
+        with open(os.path.join(folder, "splits.json"), "w") as f:
+            json.dump(self.splits, f, indent=1)
 
 
 class TrainData:

@@ -44,7 +44,9 @@ class Pairs:
         return Pairs(self.a[idx], self.b[idx], self.label[idx], self.kind[idx])
 
 
-def _make_pairs(a, b, kind) -> Pairs:
+def make_pairs(a, b, kind) -> Pairs:
+    """Pairs from index lists and kind codes; the label follows from the kind (1 for GENUINE), so
+    that a fixed list of pairs (e.g. SigComp2011's Kaggle lists) cannot disagree with itself."""
     a = np.asarray(a, np.int32)
     kind = np.asarray(kind, np.int32)
     return Pairs(a, np.asarray(b, np.int32), (kind == GENUINE).astype(np.int32), kind)
@@ -164,7 +166,7 @@ def sample_train_pairs(writer: np.ndarray, is_genuine: np.ndarray, indices: np.n
             kind.append(k)
             b.append(_partner(rng, g, w, int(ref), k))
     order = rng.permutation(len(a))
-    return _make_pairs(np.asarray(a)[order], np.asarray(b)[order], np.asarray(kind)[order])
+    return make_pairs(np.asarray(a)[order], np.asarray(b)[order], np.asarray(kind)[order])
 
 
 def _partner(rng: np.random.Generator, g: _Groups, w: str, ref: int, kind: int) -> int:
@@ -270,7 +272,7 @@ def eval_pairs(writer: np.ndarray, is_genuine: np.ndarray, indices: np.ndarray,
                 a.append(int(ref))
                 b.append(int(q))
                 kind.append(kd)
-    return _make_pairs(a, b, kind)
+    return make_pairs(a, b, kind)
 
 
 def save_pairs(path: str, pairs: Pairs, paths: np.ndarray, writer: np.ndarray) -> None:
@@ -302,7 +304,7 @@ class Trials:
     def as_pairs(self) -> Pairs:
         """Every (reference, questioned) pair, row-major: trial i's pairs are rows i*K..i*K+K-1."""
         k = self.references.shape[1]
-        return _make_pairs(self.references.reshape(-1), np.repeat(self.questioned, k),
+        return make_pairs(self.references.reshape(-1), np.repeat(self.questioned, k),
                            np.repeat(self.kind, k))
 
 

@@ -264,7 +264,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("devices: %d (%s), processes: %d", mesh.devices.size,
                  jax.devices()[0].platform, jax.process_count())
 
-    data = Data(config, workdir)
+    data = Data(config)
+    data.save(workdir)
     if "validation" not in data.eval_pairs:
         raise UserError("the validation split is empty: set config.split so that it has writers.")
     train_data = TrainData(data, config)

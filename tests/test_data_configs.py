@@ -1,13 +1,14 @@
 """Configs alone wire datasets: a BHSig260-like folder loads through `signature_folder`; the
 Kaggle pair lists load as a protocol of their own."""
 
+import json
 import os
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from configs import bhsig260, sigcomp
+from configs import bhsig260, sigcomp, synthetic
 from siamjax.input_pipeline import Data
 
 
@@ -66,6 +67,25 @@ def test_an_absolute_folder_root_needs_no_data_dir(tmp_path, monkeypatch):
     assert len(cat) == 48 and len(set(cat.writer)) == 8 and int(cat.is_genuine.sum()) == 24
     # Paths are relative to the root, as with a root under the data dir.
     assert "Bengali/1/B-S-1-G-01.tif" in set(cat.path)
+
+
+def test_save_writes_the_evaluation_pairs_and_splits(tmp_path):
+    """Data computes; `save` writes pairs/<split>.json and pairs/splits.json into the workdir."""
+    cfg = synthetic.get_config("tiny")
+    cfg.tfds_data_dir = str(tmp_path / "tfds")
+    data = Data(cfg)
+    workdir = tmp_path / "workdir"
+    assert not workdir.exists()
+    data.save(str(workdir))
+    assert sorted(os.listdir(workdir / "pairs")) == ["splits.json", "test.json", "validation.json"]
+    assert json.loads((workdir / "pairs" / "splits.json").read_text()) == data.splits
+    for name, pairs in data.eval_pairs.items():
+        doc = json.loads((workdir / "pairs" / f"{name}.json").read_text())
+        assert doc["counts"] == pairs.counts() and len(doc["pairs"]) == len(pairs)
+        first = doc["pairs"][0]
+        assert first["reference"] == data.catalog.path[pairs.a[0]]
+        assert first["questioned"] == data.catalog.path[pairs.b[0]]
+        assert first["label"] == int(pairs.label[0])
 
 
 @pytest.mark.realdata

@@ -2,8 +2,8 @@
 
 Splits `train` and `test` are Kaggle's folders. They leak: every `test/` image is a byte-identical
 copy of a `train/` image (the build logs how many); an honest evaluation splits writers of `train`
-(`siamjax.pairs`) and drops duplicates by `sha256`. `read_kaggle_pairs` reads Kaggle's pair lists
-for comparison with published numbers only: they share writers and images between their splits.
+(`siamjax.pairs`) and drops duplicates by `sha256`. Kaggle's pair lists, which share writers and
+images between their splits, are read by `kaggle.py` beside this module, for comparison only.
 
 Not for decoding (`siamjax.preprocess`) nor for what all real builders share (listing, checks,
 thread pool, skip report, the builder base: `siamjax.datasets.real`).
@@ -12,7 +12,6 @@ thread pool, skip report, the builder base: `siamjax.datasets.real`).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import re
 
 import tensorflow_datasets as tfds
@@ -94,44 +93,6 @@ def test_duplicates(listing: real.Listing) -> tuple[int, int]:
     train = {hashes[im.relpath] for im in listing.split("train")}
     test = listing.split("test")
     return sum(hashes[im.relpath] in train for im in test), len(test)
-
-
-@dataclasses.dataclass(frozen=True)
-class KagglePair:
-    """One row of Kaggle's train_data.csv / test_data.csv, in our terms."""
-
-    path1: str  # Relative to the sign_data root, like the examples' `path`: "train/068/09_068.png".
-    path2: str
-    label: int  # 1 = same writer, both genuine; 0 = genuine vs forged (Kaggle's target inverted).
-
-
-def read_kaggle_pairs(root: epath.PathLike, split: str) -> list[KagglePair]:
-    """Kaggle's pairs of `split` ('train' or 'test'), for comparison with published numbers only.
-
-    Kaggle's target is 1 for (genuine, forged) and 0 for (genuine, genuine): the opposite of the
-    verifier's output, so `label = 1 - target`. These pairs LEAK: test writers are train writers
-    and every test image is a train image, so scores on them overstate real performance.
-    `train_data.csv` has a header, `test_data.csv` not; a header is recognised by its target.
-    """
-    if split not in SPLITS:
-        raise UserError(f"split {split!r}: Kaggle's pair lists exist for {SPLITS}")
-    path = epath.Path(root) / f"{split}_data.csv"
-    if not path.exists():
-        raise UserError(
-            f"{path}: no such file (Kaggle's sign_data has train_data.csv and "
-            "test_data.csv beside train/ and test/)"
-        )
-    pairs = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        fields = [f.strip() for f in line.split(",")]
-        if not line.strip() or (number == 1 and fields[-1] == "target"):
-            continue
-        if len(fields) != 3 or fields[2] not in ("0", "1"):
-            raise UserError(
-                f"{path}:{number}: expected img1,img2,target with target 0 or 1, got {line!r}"
-            )
-        pairs.append(KagglePair(f"{split}/{fields[0]}", f"{split}/{fields[1]}", 1 - int(fields[2])))
-    return pairs
 
 
 class Builder(real.RealBuilder):
