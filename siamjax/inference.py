@@ -107,9 +107,7 @@ def restore(
             raise UserError(f"{ckpt.directory} holds no checkpoint.")
         model = models.create_model(config.model)
         # The whole train state's shapes (optimiser state included): it is what was saved.
-        abstract = jax.eval_shape(
-            lambda r: create_train_state(config, model, r), jax.random.key(0)
-        )
+        abstract = jax.eval_shape(lambda r: create_train_state(config, model, r), jax.random.key(0))
         state, meta = ckpt.restore(
             step, checkpointing.abstract_with_sharding(abstract, parallel.replicated(mesh))
         )

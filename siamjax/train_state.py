@@ -35,19 +35,24 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) ->
     if config.lr_schedule == "constant":
         return optax.constant_schedule(config.learning_rate)
     if config.lr_schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate,
-                                                  max(int(config.warmup_steps), 1),
-                                                  max(num_steps, int(config.warmup_steps) + 1))
+        return optax.warmup_cosine_decay_schedule(
+            0.0,
+            config.learning_rate,
+            max(int(config.warmup_steps), 1),
+            max(num_steps, int(config.warmup_steps) + 1),
+        )
     raise UserError(f"config.lr_schedule={config.lr_schedule!r}; use one of {LR_SCHEDULES}.")
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   num_steps: int = 1) -> optax.GradientTransformation:
+def make_optimizer(
+    config: ml_collections.ConfigDict, num_steps: int = 1
+) -> optax.GradientTransformation:
     """The optimiser `config.optimizer` names; Adagrad starts its accumulator as PyTorch does."""
     lr = learning_rate_schedule(config, num_steps)
     if config.optimizer == "adagrad":
-        opt = optax.adagrad(lr, initial_accumulator_value=config.adagrad_initial_accumulator,
-                            eps=config.adagrad_eps)
+        opt = optax.adagrad(
+            lr, initial_accumulator_value=config.adagrad_initial_accumulator, eps=config.adagrad_eps
+        )
     elif config.optimizer == "adam":
         opt = optax.adam(lr)
     elif config.optimizer == "adamw":
@@ -61,8 +66,9 @@ def make_optimizer(config: ml_collections.ConfigDict,
     return opt
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
-                       rng: jax.Array, num_steps: int = 1) -> TrainState:
+def create_train_state(
+    config: ml_collections.ConfigDict, model: nn.Module, rng: jax.Array, num_steps: int = 1
+) -> TrainState:
     """Fresh state for `model` on images of config.image_height x config.image_width; `num_steps`
     is the length of the learning-rate schedule (the state's structure does not depend on it)."""
     init_rng, seed_rng = jax.random.split(rng)
@@ -70,7 +76,10 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
     state_rng = jax.random.key(jax.random.randint(seed_rng, (), 0, 2**31 - 1))
     dummy = jnp.zeros((2, config.image_height, config.image_width, 1), jnp.uint8)
     variables = model.init({"params": init_rng}, dummy, dummy, train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}),
-                             tx=make_optimizer(config, num_steps),
-                             rng=jax.random.key_data(state_rng))
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=make_optimizer(config, num_steps),
+        rng=jax.random.key_data(state_rng),
+    )
