@@ -3,7 +3,7 @@
     python bench/eval_memory.py                                   # 1k, 10k, 100k pairs
     python bench/eval_memory.py --pairs=1000,100000 --embedding_dim=256 --images=200
 
-`evaluate.Scorer.logits` embeds each image once and applies the head batch by batch, gathering
+`inference.Scorer.logits` embeds each image once and applies the head batch by batch, gathering
 the two embeddings of only that batch's pairs, so its memory grows with images, not with pairs:
 the per-pair arrays left are the pair indices and the scores (tens of bytes a pair). Gathering
 both embeddings of every pair up front would instead cost 2 x D x 4 bytes a pair (`naive_mb`).
@@ -45,7 +45,7 @@ def measure(
     import numpy as np
 
     from configs import synthetic
-    from siamjax import evaluate, models, parallel
+    from siamjax import inference, models, parallel
     from siamjax import pairs as pairs_lib
 
     cfg = synthetic.get_config("tiny")
@@ -58,14 +58,14 @@ def measure(
     )
     rng = np.random.default_rng(seed)
     imgs = rng.integers(0, 256, (images, h, w, 1), dtype=np.uint8)
-    scorer = evaluate.Scorer(model, parallel.make_mesh(), batch)
+    scorer = inference.Scorer(model, parallel.make_mesh(), batch)
 
     def score(n: int) -> float:
         ab = rng.integers(0, images, (2, n), dtype=np.int32)
         kind = rng.integers(0, 3, n, dtype=np.int32)
         p = pairs_lib.Pairs(ab[0], ab[1], (kind == pairs_lib.GENUINE).astype(np.int32), kind)
         t0 = time.perf_counter()
-        scores = evaluate.sigmoid(scorer.logits(variables, imgs, p))
+        scores = inference.probabilities(scorer.logits(variables, imgs, p))
         assert scores.shape == (n,) and np.all(np.isfinite(scores))
         return time.perf_counter() - t0
 

@@ -731,7 +731,7 @@ def bench_eval_embed(ctx: Context):
     import jax
     import numpy as np
 
-    from siamjax import evaluate, models, parallel, train_lib
+    from siamjax import inference, models, parallel, train_lib
 
     cfg = load_config(a.eval_config)
     if a.eval_dtype:
@@ -741,7 +741,7 @@ def bench_eval_embed(ctx: Context):
     model = models.create_model(cfg.model)
     state, _ = train_lib.init_state_on_mesh(cfg, model, mesh)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    scorer = evaluate.Scorer(model, mesh, cfg.eval_batch_size)
+    scorer = inference.Scorer(model, mesh, cfg.eval_batch_size)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (a.eval_images, cfg.image_height, cfg.image_width, 1), np.uint8)
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from siamjax.errors import UserError
+from siamjax.errors import UserError, one_line
 
 BEST_METRIC = "val_eer"  # Lower is better.
 
@@ -72,7 +72,7 @@ class Checkpointer:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         except (ValueError, KeyError, TypeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = one_line(e, lines="first")
             raise UserError(f"the checkpoint in {self.directory} (step {step}) does not fit this "
                             f"model's config: {first[:300]}") from e
         return restored["state"], dict(restored["meta"])

@@ -12,6 +12,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from siamjax.errors import one_line
+
 
 def hide_gpus_from_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -63,13 +65,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().strip("\"'")
-    return text.splitlines()[0] if text else type(e).__name__
+    return one_line(e, lines="first").strip("\"'") or type(e).__name__
 
 
 def _last_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
+    return one_line(e, lines="last")
 
 
 def _fail(message: str) -> None:

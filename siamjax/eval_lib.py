@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from siamjax import checkpointing, evaluate, evaluate_metrics, models, parallel, plots, train_lib
+from siamjax import inference, metrics, parallel, plots
 from siamjax import pairs as pairs_lib
 from siamjax.datasets import registry
 from siamjax.errors import UserError
@@ -29,24 +29,6 @@ from siamjax.input_pipeline import Data
 TABLE_KEYS = ("accuracy", "frr", "far_skilled", "far_random", "eer", "eer_random", "eer_user",
               "auc", "auc_random", "cllr", "min_cllr", "oracle_accuracy", "threshold")
 WORST_PAIRS = 8  # Worst false accepts and worst false rejects shown in worst_pairs.png.
-
-
-def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, step: int | None,
-                          mesh: jax.sharding.Mesh) -> tuple[models.SiameseNet, Any, int, dict]:
-    """(model, variables, step, meta) of the best checkpoint (or `step`), read-only."""
-    train_lib.check_model_matches(config, workdir)
-    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-    if step is None:
-        step = ckpt.best_step() or ckpt.latest_step()
-    if step is None:
-        raise UserError(f"{ckpt.directory} holds no checkpoint.")
-    model = models.create_model(config.model)
-    abstract = jax.eval_shape(lambda r: train_lib.create_train_state(config, model, r),
-                              jax.random.key(0))
-    state, meta = ckpt.restore(step, checkpointing.abstract_with_sharding(
-        abstract, parallel.replicated(mesh)))
-    ckpt.close()
-    return model, {"params": state.params, "batch_stats": state.batch_stats}, step, meta
 
 
 def trials_for(data: Data, split: str, config: ml_collections.ConfigDict) -> pairs_lib.Trials:
@@ -86,13 +68,13 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str =
     config.eval.dataset; writes `eval_dir(...)` and returns the metrics dict."""
     if split not in ("validation", "test"):
         raise UserError(f"--split={split!r}; use 'validation' or 'test'.")
-    if config.eval.fusion not in evaluate_metrics.FUSE_METHODS:
+    if config.eval.fusion not in metrics.FUSE_METHODS:
         raise UserError(f"config.eval.fusion={config.eval.fusion!r}; use one of "
-                        f"{evaluate_metrics.FUSE_METHODS}.")
+                        f"{metrics.FUSE_METHODS}.")
     workdir = os.path.abspath(workdir)
     target_config = eval_dataset_config(config)
     mesh = parallel.make_mesh()
-    model, variables, step, meta = restore_for_inference(config, workdir, step, mesh)
+    model, variables, step, meta = inference.restore(config, workdir, step, mesh)
     data = Data(target_config)
     if split not in data.eval_pairs:
         raise UserError(f"the {split} split of {target_config.dataset} has no writers under "
@@ -100,7 +82,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str =
     # The training dataset, for its validation split: built only when the threshold (or the
     # prior) is not stored with the checkpoint.
     train_data = data if target_config is config else None
-    scorer = evaluate.Scorer(model, mesh, config.eval_batch_size)
+    scorer = inference.Scorer(model, mesh, config.eval_batch_size)
 
     def training_data():
         nonlocal train_data
@@ -111,8 +93,8 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str =
     def scored(d, name):
         trials = trials_for(d, name, config)
         images = d.catalog.images
-        scores = evaluate.trial_scores(scorer, variables, images, trials, config.eval.fusion)
-        offsets = (evaluate.enrollment_means(scorer, variables, images, trials)
+        scores = inference.trial_scores(scorer, variables, images, trials, config.eval.fusion)
+        offsets = (inference.enrollment_means(scorer, variables, images, trials)
                    if config.eval.user_thresholds else None)
         return trials, scores, offsets
 
@@ -126,20 +108,20 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str =
         center = float(np.mean(val_offsets))
         val_scores = _shifted(val_scores, center - val_offsets)
     if threshold is None or per_writer:
-        threshold = evaluate.threshold_from(val_scores, val_trials.kind)
+        threshold = metrics.operating_threshold(val_scores, val_trials.kind)
     prior = meta.get("prior_positive")
     prior = float(prior if prior is not None else training_data().prior_positive)
     trials, scores, offsets = scored(data, split)
     if per_writer:
         scores = _shifted(scores, center - offsets)
     claimed = data.catalog.writer[trials.references[:, 0]]
-    metrics = evaluate.metrics_for(scores, trials.kind, claimed, float(threshold), prior)
+    results = metrics.compute_metrics(scores, trials.kind, claimed, float(threshold), prior)
     out_dir = eval_dir(config, workdir, split)
     if jax.process_index() == 0:
-        write_outputs(out_dir, config, step, metrics, scores, trials, data, prior)
+        write_outputs(out_dir, config, step, results, scores, trials, data, prior)
     logging.info("wrote %s", out_dir)
-    print(format_table(metrics, split, step, config))
-    return metrics
+    print(format_table(results, split, step, config))
+    return results
 
 
 def _shifted(scores: np.ndarray, delta: np.ndarray) -> np.ndarray:
@@ -147,13 +129,13 @@ def _shifted(scores: np.ndarray, delta: np.ndarray) -> np.ndarray:
 
 
 def write_outputs(out_dir: str, config: ml_collections.ConfigDict, step: int,
-                  metrics: dict[str, float], scores: np.ndarray, trials: pairs_lib.Trials,
+                  results: dict[str, float], scores: np.ndarray, trials: pairs_lib.Trials,
                   data: Data, prior: float) -> None:
     """metrics.json, scores.csv and the figures (ROC, DET, histograms, worst pairs)."""
     os.makedirs(out_dir, exist_ok=True)
     cat = data.catalog
-    llrs = evaluate_metrics.llr(scores, prior)
-    doc = {"metrics": train_lib._jsonable(metrics), "checkpoint_step": int(step),
+    llrs = metrics.llr(scores, prior)
+    doc = {"metrics": metrics.jsonable(results), "checkpoint_step": int(step),
            "pair_counts": trials.counts(), "references": int(trials.references.shape[1]),
            "fusion": config.eval.fusion, "user_thresholds": bool(config.eval.user_thresholds),
            "prior_positive": prior, "dataset": config.eval.dataset or config.dataset,
@@ -172,7 +154,7 @@ def write_outputs(out_dir: str, config: ml_collections.ConfigDict, step: int,
                         f"{scores[i]:.6f}", f"{llrs[i]:.4f}"])
     by_kind = {name: scores[trials.kind == k] for k, name in enumerate(pairs_lib.KIND_NAMES)}
     negatives = {k: v for k, v in by_kind.items() if k != "genuine" and len(v)}
-    t = metrics["threshold"]
+    t = results["threshold"]
     plots.plot_roc(os.path.join(out_dir, "roc.png"), by_kind["genuine"], negatives, threshold=t)
     plots.plot_det(os.path.join(out_dir, "det.png"), by_kind["genuine"], negatives, threshold=t)
     plots.plot_histograms(os.path.join(out_dir, "histograms.png"), by_kind, threshold=t)
@@ -197,16 +179,16 @@ def _worst_pairs(scores, trials, images, paths) -> list[tuple[np.ndarray, np.nda
     return out
 
 
-def format_table(metrics: dict[str, float], split: str, step: int,
+def format_table(results: dict[str, float], split: str, step: int,
                  config: ml_collections.ConfigDict) -> str:
     per_writer = ", per-writer thresholds" if config.eval.user_thresholds else ""
     where = (f"{config.eval.dataset} (trained on {config.dataset}) " if config.eval.dataset
              else "")
     lines = [f"{where}{split} split, checkpoint step {step}, "
              f"{config.eval.references} reference(s), fusion {config.eval.fusion}{per_writer}",
-             f"pairs: {int(metrics['n_genuine'])} genuine, {int(metrics['n_skilled'])} skilled, "
-             f"{int(metrics['n_random'])} random"]
+             f"pairs: {int(results['n_genuine'])} genuine, {int(results['n_skilled'])} skilled, "
+             f"{int(results['n_random'])} random"]
     for k in TABLE_KEYS:
-        v = metrics.get(k, float("nan"))
+        v = results.get(k, float("nan"))
         lines.append(f"  {k:<16} {v:.4f}")
     return "\n".join(lines)

@@ -151,15 +151,3 @@ class TrainData:
             yield from self._epoch_dataset(epoch, offset).as_numpy_iterator()
             epoch, offset = epoch + 1, 0
 
-
-def padded_batches(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Index batches over range(n), the last padded by repeating index 0, with a validity mask.
-
-    Every batch has `batch_size` rows, so evaluation compiles once whatever n is.
-    Yields (indices int32 [batch_size], mask bool [batch_size]).
-    """
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, min(start + batch_size, n), dtype=np.int32)
-        mask = np.ones(batch_size, bool)
-        mask[len(idx):] = False
-        yield np.pad(idx, (0, batch_size - len(idx))), mask

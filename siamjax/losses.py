@@ -4,7 +4,7 @@ All return a per-example loss [batch] float32 so that the caller can mask and av
 learning losses ('contrastive', 'triplet') train the encoder on Euclidean distances; the head then
 scores a pair by that distance (`config.model.combine='distance'`), so that evaluation and
 verification work the same whatever the loss. Not for training loops or metrics (train_lib,
-evaluate_metrics).
+metrics).
 """
 
 from __future__ import annotations

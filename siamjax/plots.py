@@ -1,7 +1,7 @@
 """Figures of one evaluation as small PNG files: ROC, DET, score histograms and the worst pairs.
 
 For: `eval.py` and train-time evaluation writing pictures into the workdir (local or gs://, via
-etils.epath). Not for: computing metrics (`siamjax.evaluate_metrics` does, and the curves here call
+etils.epath). Not for: computing metrics (`siamjax.metrics` does, and the curves here call
 it, so a plot and the numbers beside it always agree) or interactive use.
 
 matplotlib is imported inside each function and used only through `matplotlib.figure.Figure`,
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from siamjax import evaluate_metrics as em
+from siamjax import metrics as em
 
 _DPI = 100
 # One colour per pair kind, the same in every figure; other names take the default cycle.
@@ -76,7 +76,7 @@ def plot_roc(
 ) -> None:
     """ROC curves of genuine pairs against each kind of forgery, with AUC and EER in the legend.
 
-    x = FAR, y = 1 - FRR (genuine pairs accepted), ties drawn as `evaluate_metrics.roc_curve`
+    x = FAR, y = 1 - FRR (genuine pairs accepted), ties drawn as `metrics.roc_curve`
     joins them. A cross marks each curve's EER point; a dot its operating point at `threshold`
     (chosen on validation), so the figure shows how far the deployed threshold is from the EER.
 

@@ -25,7 +25,7 @@ import scipy.ndimage as ndi
 from etils import epath
 from PIL import Image
 
-from siamjax.errors import UserError
+from siamjax.errors import UserError, one_line
 
 # Decompression-bomb limit. A 600 dpi A4 page has 35 megapixels, so 100 megapixels leaves room for
 # any real scan while refusing files that would allocate gigabytes (a PNG of a few KB can claim
@@ -78,11 +78,6 @@ def _name_of(path_or_bytes: str | os.PathLike | bytes, name: str | None) -> str:
     return os.fspath(path_or_bytes)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
     if int(width) * int(height) > max_pixels:
         raise UserError(
@@ -133,7 +128,7 @@ def _decode_tifffile(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file.
-        raise UserError(f"{name}: cannot decode TIFF ({_one_line(e)})") from e
+        raise UserError(f"{name}: cannot decode TIFF ({one_line(e, with_type=True)})") from e
     a = np.asarray(a)
     if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
         a = np.moveaxis(a, 0, -1)  # Planar (samples first) to samples last.
@@ -179,7 +174,7 @@ def load_image(
         try:
             data = epath.Path(path_or_bytes).read_bytes()
         except (FileNotFoundError, IsADirectoryError, PermissionError, OSError) as e:
-            raise UserError(f"{name}: cannot read file ({_one_line(e)})") from e
+            raise UserError(f"{name}: cannot read file ({one_line(e, with_type=True)})") from e
     if not data:
         raise UserError(f"{name}: empty file (0 bytes), not an image")
 
@@ -196,11 +191,13 @@ def load_image(
     except UserError:
         raise
     except Image.DecompressionBombError as e:
-        raise UserError(f"{name}: refused as a decompression bomb ({_one_line(e)})") from e
+        raise UserError(
+            f"{name}: refused as a decompression bomb ({one_line(e, with_type=True)})"
+        ) from e
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
         if data[:4] in _TIFF_MAGIC:
             return _decode_tifffile(data, name, max_pixels)
-        raise UserError(f"{name}: not a readable image ({_one_line(e)})") from e
+        raise UserError(f"{name}: not a readable image ({one_line(e, with_type=True)})") from e
 
 
 def otsu_threshold(values: np.ndarray) -> tuple[float, float]:

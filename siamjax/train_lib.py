@@ -1,4 +1,4 @@
-"""Train state, the jitted train step, and `train_and_evaluate`: the training loop of siamjax.
+"""The jitted train step and `train_and_evaluate`: the training loop of siamjax.
 
 Data parallel over every device: batches sharded along the mesh axis `data`, state replicated, one
 compiled step with the state donated. A run in a workdir that holds checkpoints resumes from the
@@ -9,6 +9,7 @@ data position), and continues exactly as an uninterrupted run would.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import json
 import os
@@ -20,76 +21,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
-from clu import metric_writers
-from flax.training import train_state
+from clu import metric_writers, periodic_actions
 
 from siamjax import augment as augment_lib
-from siamjax import checkpointing, evaluate, losses, models, parallel
+from siamjax import checkpointing, inference, losses, metrics, models, parallel
 from siamjax.errors import UserError
 from siamjax.input_pipeline import Data, TrainData
-
-# Config keys that define the network and its input: a checkpoint is only valid under the same.
-MODEL_KEYS = ("model", "image_height", "image_width")
-COMPUTE_ONLY_MODEL_KEYS = ("conv_impl",)
-
-
-class TrainState(train_state.TrainState):
-    """Flax TrainState plus BatchNorm statistics and the RNG key (raw uint32 key data)."""
-
-    batch_stats: Any = None
-    rng: jax.Array | None = None
-
-
-OPTIMIZERS = ("adagrad", "adam", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-    """Constant (the design) or linear warm-up then cosine decay to 0 over `num_steps`."""
-    if config.lr_schedule == "constant":
-        return optax.constant_schedule(config.learning_rate)
-    if config.lr_schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate,
-                                                  max(int(config.warmup_steps), 1),
-                                                  max(num_steps, int(config.warmup_steps) + 1))
-    raise UserError(f"config.lr_schedule={config.lr_schedule!r}; use one of {LR_SCHEDULES}.")
-
-
-def make_optimizer(config: ml_collections.ConfigDict,
-                   num_steps: int = 1) -> optax.GradientTransformation:
-    """The optimiser `config.optimizer` names; Adagrad starts its accumulator as PyTorch does."""
-    lr = learning_rate_schedule(config, num_steps)
-    if config.optimizer == "adagrad":
-        opt = optax.adagrad(lr, initial_accumulator_value=config.adagrad_initial_accumulator,
-                            eps=config.adagrad_eps)
-    elif config.optimizer == "adam":
-        opt = optax.adam(lr)
-    elif config.optimizer == "adamw":
-        return optax.adamw(lr, weight_decay=config.weight_decay)
-    elif config.optimizer == "sgd":
-        opt = optax.sgd(lr, momentum=0.9, nesterov=True)
-    else:
-        raise UserError(f"config.optimizer={config.optimizer!r}; use one of {OPTIMIZERS}.")
-    if config.weight_decay:
-        return optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
-    return opt
-
-
-def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
-                       rng: jax.Array, num_steps: int = 1) -> TrainState:
-    """Fresh state for `model` on images of config.image_height x config.image_width; `num_steps`
-    is the length of the learning-rate schedule (the state's structure does not depend on it)."""
-    init_rng, seed_rng = jax.random.split(rng)
-    # The training RNG is threefry whatever `rng` is: its bits do not depend on sharding.
-    state_rng = jax.random.key(jax.random.randint(seed_rng, (), 0, 2**31 - 1))
-    dummy = jnp.zeros((2, config.image_height, config.image_width, 1), jnp.uint8)
-    variables = model.init({"params": init_rng}, dummy, dummy, train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}),
-                             tx=make_optimizer(config, num_steps),
-                             rng=jax.random.key_data(state_rng))
+from siamjax.train_state import TrainState, create_train_state
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
@@ -181,32 +120,6 @@ def init_state_on_mesh(config: ml_collections.ConfigDict, model: nn.Module,
 # Workdir checks
 
 
-def _model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    d = json.loads(config.to_json_best_effort())
-    out = {k: d[k] for k in MODEL_KEYS}
-    # How convolutions are computed does not change the model (siamjax.conv).
-    out["model"] = {k: v for k, v in out["model"].items() if k not in COMPUTE_ONLY_MODEL_KEYS}
-    return out
-
-
-def check_model_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Raises if `workdir` holds a run of another model than `config.model` (or of unknown one)."""
-    path = os.path.join(workdir, "config.json")
-    mine = _model_fingerprint(config)
-    if os.path.exists(path):
-        with open(path) as f:
-            theirs = _model_fingerprint(ml_collections.ConfigDict(json.load(f)))
-        diffs = [f"{k}: {theirs[k]} there, {mine[k]} now" for k in MODEL_KEYS
-                 if theirs[k] != mine[k]]
-        if diffs:
-            raise UserError(f"workdir {workdir} holds a checkpoint of a different model ("
-                            + "; ".join(diffs) + "): use another --workdir.")
-    elif os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
-            os.path.join(workdir, "checkpoints")):
-        raise UserError(f"workdir {workdir} holds checkpoints but no config.json: cannot tell "
-                        "which model they are of; use another --workdir.")
-
-
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Makes sure `workdir` is writable and, if it holds a run, that it is of the same model.
 
@@ -220,7 +133,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise UserError(f"workdir {workdir} cannot be written: {e.strerror or e}.") from e
-    check_model_matches(config, workdir)
+    inference.check_model_matches(config, workdir)
     path = os.path.join(workdir, "config.json")
     if jax.process_index() == 0:
         # Written aside and renamed: another process (or eval.py) never reads half a file.
@@ -239,18 +152,35 @@ def _num_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     return int(config.num_epochs * steps_per_epoch)
 
 
-def _validate(scorer: evaluate.Scorer, state: TrainState, data: Data) -> dict[str, float]:
+def _validate(scorer: inference.Scorer, state: TrainState, data: Data) -> dict[str, float]:
+    """Metrics of the validation pairs at the threshold chosen on them (the one saved with the
+    checkpoint for eval.py and siamjax-verify)."""
     pairs = data.eval_pairs["validation"]
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    scores = evaluate.sigmoid(scorer.logits(variables, data.catalog.images, pairs))
-    return evaluate.metrics_for(scores, pairs.kind, data.catalog.writer[pairs.a], None,
-                                data.prior_positive)
+    scores = inference.probabilities(scorer.logits(variables, data.catalog.images, pairs))
+    return metrics.compute_metrics(scores, pairs.kind, data.catalog.writer[pairs.a],
+                                   metrics.operating_threshold(scores, pairs.kind),
+                                   data.prior_positive)
 
 
-def _fmt_time(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+class _Progress(periodic_actions.ReportProgress):
+    """clu's progress report on the log steps: steps/s, percent done, ETA and the share of the wall
+    time spent in input, validation and checkpoints (logged as 'Setting work unit notes: ...';
+    `steps_per_sec` and `uptime` written as scalars). Adds the rate in pairs, which is what models
+    of different batch sizes compare by."""
+
+    def __init__(self, *, pairs_per_step: int, **kwargs):
+        super().__init__(every_secs=None, **kwargs)
+        self.pairs_per_step = pairs_per_step
+        self.pairs_per_sec = float("nan")
+
+    def _apply(self, step: int, t: float) -> None:
+        super()._apply(step, t)
+        # The base class's rate, from its record of the previous report (reset after this call).
+        steps_per_sec = (step - self._previous_step) / (t - self._previous_time)
+        self.pairs_per_sec = steps_per_sec * self.pairs_per_step
+        if self._writer is not None:
+            self._writer.write_scalars(step, {"pairs_per_sec": self.pairs_per_sec})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -283,44 +213,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      sum(x.size for x in jax.tree.leaves(state.params)))
 
     step_fn = compile_train_step(config, mesh, shardings)
-    scorer = evaluate.Scorer(model, mesh, config.eval_batch_size)
+    scorer = inference.Scorer(model, mesh, config.eval_batch_size)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     batches = train_data.batches(start)
     logging.info("training steps %d..%d (%d per epoch, batch %d)", start, num_steps,
                  train_data.steps_per_epoch, config.batch_size)
 
-    sums, t_last, step_last, t_start = None, time.perf_counter(), start, time.perf_counter()
+    t_start = time.perf_counter()
+    report = _Progress(num_train_steps=num_steps, writer=writer,
+                       every_steps=config.log_every_steps, pairs_per_step=config.batch_size)
+    report(start)  # Starts its clock (a first call never reports).
     # Where the loop's wall time goes. The step is dispatched asynchronously, so the host prepares
     # the next batch while the device computes; `input` is the host's time in the pipeline
     # (waiting for tf.data, sharding the batch): while it stays well below the step time, the
     # device never waits for data.
     spent = {"input_s": 0.0, "validation_s": 0.0, "checkpoint_s": 0.0}
-    input_last = 0.0
-    val: dict[str, float] = {}
+    sums, val = None, {}
     for step in range(start + 1, num_steps + 1):
-        with _timed(spent, "input_s"):
+        with _timed(spent, "input_s", report):
             batch = parallel.to_global(next(batches), mesh)
         state, m = step_fn(state, batch)
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
         last = step == num_steps
-        if step % config.log_every_steps == 0 or last:
-            s = jax.device_get(sums)
-            now = time.perf_counter()
-            rate = (step - step_last) / max(now - t_last, 1e-9)
+        logged = step % config.log_every_steps == 0 or last
+        if logged:
+            s = jax.device_get(sums)  # Waits for the step: the report's rate is of finished steps.
+        report(step)  # Reports on the same steps (every log_every_steps, and the last).
+        if logged:
             scalars = {"train_loss": s["loss_sum"] / s["count"],
-                       "train_accuracy": s["correct"] / s["count"], "steps_per_sec": rate,
-                       "pairs_per_sec": rate * config.batch_size,
-                       "input_fraction": (spent["input_s"] - input_last) / max(now - t_last, 1e-9)}
-            input_last = spent["input_s"]
+                       "train_accuracy": s["correct"] / s["count"]}
             writer.write_scalars(step, scalars)
-            logging.info("step %d/%d: loss %.4f, accuracy %.3f | %.2f steps/s, %.0f pairs/s | "
-                         "ETA %s", step, num_steps, scalars["train_loss"],
-                         scalars["train_accuracy"], rate, scalars["pairs_per_sec"],
-                         _fmt_time((num_steps - step) / max(rate, 1e-9)))
-            sums, t_last, step_last = None, now, step
+            logging.info("step %d/%d: loss %.4f, accuracy %.3f | %.0f pairs/s", step, num_steps,
+                         scalars["train_loss"], scalars["train_accuracy"], report.pairs_per_sec)
+            sums = None
         evaluated = step % config.eval_every_steps == 0 or last
         if evaluated:
-            with _timed(spent, "validation_s"):
+            with _timed(spent, "validation_s", report):
                 val = _validate(scorer, state, data)
             writer.write_scalars(step, {f"val_{k}": v for k, v in val.items()
                                         if isinstance(v, float) and np.isfinite(v)})
@@ -331,11 +259,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             meta = {"step": step, "val_threshold": val.get("threshold") if evaluated else None,
                     "prior_positive": data.prior_positive,
                     "val_metrics": val if evaluated else None,
-                    "model": _model_fingerprint(config)}
-            with _timed(spent, "checkpoint_s"):
-                ckpt.save(step, state, _jsonable(meta),
+                    "model": inference.model_fingerprint(config)}
+            with _timed(spent, "checkpoint_s", report):
+                ckpt.save(step, state, metrics.jsonable(meta),
                           metrics={checkpointing.BEST_METRIC: val["eer"]} if evaluated else None)
-    with _timed(spent, "checkpoint_s"):
+    with _timed(spent, "checkpoint_s", report):
         ckpt.wait()
     writer.flush()
     best = ckpt.best_step()
@@ -343,14 +271,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     spent["steps_s"] = wall - sum(spent.values())  # Dispatch and compute of the train steps.
     summary = {"final_step": num_steps, "best_step": best, "wall_seconds": wall,
                "time_breakdown": spent,
-               "validation": _jsonable(val), "checkpoint_dir": ckpt.directory}
+               "validation": metrics.jsonable(val), "checkpoint_dir": ckpt.directory}
     if jax.process_index() == 0 and val:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
     if val:
         logging.info("done: %d steps in %s (steps %.0f s, input %.1f s, validation %.1f s, "
                      "checkpoints %.1f s); final validation EER %.2f%%; best checkpoint: step "
-                     "%s; checkpoints in %s", num_steps, _fmt_time(summary["wall_seconds"]),
+                     "%s; checkpoints in %s", num_steps, datetime.timedelta(seconds=round(wall)),
                      spent["steps_s"], spent["input_s"], spent["validation_s"],
                      spent["checkpoint_s"], 100 * val["eer"], best, ckpt.directory)
     ckpt.close()
@@ -358,23 +286,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 @contextlib.contextmanager
-def _timed(spent: dict[str, float], key: str):
-    """Adds the wall time of the `with` body to spent[key]."""
+def _timed(spent: dict[str, float], key: str, report: periodic_actions.ReportProgress):
+    """Adds the wall time of the `with` body to spent[key] (for summary.json) and to the report's
+    share of that part ('validation' for 'validation_s')."""
     t0 = time.perf_counter()
     try:
-        yield
+        with report.timed(key.removesuffix("_s"), wait_jax_async_dispatch=False):
+            yield
     finally:
         spent[key] += time.perf_counter() - t0
-
-
-def _jsonable(d: Any) -> Any:
-    """Floats (NaN -> None) and plain types only, for JSON files and orbax JsonSave."""
-    if isinstance(d, dict):
-        return {k: _jsonable(v) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [_jsonable(v) for v in d]
-    if isinstance(d, (float, np.floating)):
-        return None if not np.isfinite(d) else float(d)
-    if isinstance(d, np.integer):
-        return int(d)
-    return d

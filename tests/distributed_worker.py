@@ -26,7 +26,7 @@ def run(workdir: str, tfds_dir: str, steps: int) -> dict[str, np.ndarray]:
     from clu import metric_writers
 
     from configs import synthetic
-    from siamjax import eval_lib, parallel, train_lib
+    from siamjax import inference, parallel, train_lib
 
     cfg = synthetic.get_config("tiny")
     cfg.tfds_data_dir = tfds_dir
@@ -58,7 +58,7 @@ def run(workdir: str, tfds_dir: str, steps: int) -> dict[str, np.ndarray]:
     finally:
         metric_writers.create_default_writer = create
     mesh = parallel.make_mesh()
-    _, variables, step, _ = eval_lib.restore_for_inference(cfg, workdir, steps, mesh)
+    _, variables, step, _ = inference.restore(cfg, workdir, steps, mesh)
     assert step == steps and sorted(losses) == list(range(1, steps + 1)), (step, losses)
     out = {"loss": np.array([losses[s] for s in sorted(losses)], np.float64)}
     for k in ("eer", "auc", "threshold"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import synthetic
-from siamjax import eval_lib, evaluate, models, pairs, parallel, train_lib
+from siamjax import eval_lib, inference, models, pairs, parallel, train_lib
 from siamjax.input_pipeline import Data
 
 
@@ -41,12 +41,12 @@ def test_k_references_with_per_writer_thresholds(trained):
 def test_enrollment_means_equal_the_model_on_reference_pairs(trained):
     cfg, workdir = trained
     mesh = parallel.make_mesh()
-    model, variables, _, _ = eval_lib.restore_for_inference(cfg, workdir, None, mesh)
+    model, variables, _, _ = inference.restore(cfg, workdir, None, mesh)
     data = Data(cfg)
     trials = pairs.reference_trials(data.catalog.writer, data.catalog.is_genuine,
                                     data.indices["test"], 2, seed=0)
-    scorer = evaluate.Scorer(model, mesh, cfg.eval_batch_size)
-    means = evaluate.enrollment_means(scorer, variables, data.catalog.images, trials)
+    scorer = inference.Scorer(model, mesh, cfg.eval_batch_size)
+    means = inference.enrollment_means(scorer, variables, data.catalog.images, trials)
     r1, r2 = trials.references[0]
     img = data.catalog.images
     logits = model.apply(variables, img[[r1, r2]], img[[r2, r1]], train=False)
@@ -65,13 +65,12 @@ def test_cross_dataset_uses_the_training_threshold_and_its_own_folder(trained):
     out = f"{workdir}/eval/synthetic_test"
     doc = json.load(open(f"{out}/metrics.json"))
     assert doc["dataset"] == "synthetic" and doc["metrics"]["eer"] == pytest.approx(metrics["eer"])
-    _, _, _, meta = eval_lib.restore_for_inference(cfg, workdir, None, parallel.make_mesh())
+    _, _, _, meta = inference.restore(cfg, workdir, None, parallel.make_mesh())
     assert metrics["threshold"] == pytest.approx(meta["val_threshold"])
     target = Data(eval_lib.eval_dataset_config(cfg))
     assert not set(target.catalog.sha256) & set(source.catalog.sha256)
     # The scores are the model's on the other dataset's images.
-    model, variables, _, _ = eval_lib.restore_for_inference(cfg, workdir, None,
-                                                            parallel.make_mesh())
+    model, variables, _, _ = inference.restore(cfg, workdir, None, parallel.make_mesh())
     p = target.eval_pairs["test"]
     img = target.catalog.images
     row = next(csv.DictReader(open(f"{out}/scores.csv")))

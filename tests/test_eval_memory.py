@@ -5,7 +5,7 @@ import numpy as np
 
 from bench import eval_memory
 from configs import synthetic
-from siamjax import evaluate, models, parallel
+from siamjax import inference, models, parallel
 from siamjax import pairs as pairs_lib
 
 
@@ -26,7 +26,7 @@ def test_cached_embedding_logits_equal_the_full_model():
     b = rng.integers(0, 30, n).astype(np.int32)
     b[:3] = a[:3]  # An image against itself.
     zeros = np.zeros(n, np.int32)
-    scorer = evaluate.Scorer(model, parallel.make_mesh(jax.devices()[:8]), 16)
+    scorer = inference.Scorer(model, parallel.make_mesh(jax.devices()[:8]), 16)
     got = scorer.logits(variables, images, pairs_lib.Pairs(a, b, zeros, zeros))
     want = model.apply(variables, images[a], images[b], train=False)
     assert got.shape == (n,)

@@ -33,10 +33,10 @@ def _params(workdir, step):
 
 
 def _final_state(cfg, workdir):
-    from siamjax import eval_lib, parallel
+    from siamjax import inference, parallel
 
-    _, variables, step, _ = eval_lib.restore_for_inference(cfg, str(workdir), cfg.num_train_steps,
-                                                           parallel.make_mesh())
+    _, variables, step, _ = inference.restore(cfg, str(workdir), cfg.num_train_steps,
+                                              parallel.make_mesh())
     return jax.device_get(variables), step
 
 
@@ -104,34 +104,3 @@ def test_a_workdir_under_a_file_is_a_user_error(tfds_dir, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="cannot be written"):
         train_lib.train_and_evaluate(_cfg(tfds_dir), str(tmp_path / "file" / "run"))
-
-
-@pytest.mark.parametrize("name", train_lib.OPTIMIZERS)
-def test_each_optimizer_moves_a_quadratic_towards_its_minimum(name):
-    cfg = synthetic.get_config("tiny")
-    cfg.optimizer = name
-    cfg.learning_rate = 0.2
-    tx = train_lib.make_optimizer(cfg, num_steps=100)
-    params = {"w": jax.numpy.array([3.0, -2.0])}
-    state = tx.init(params)
-    for _ in range(50):
-        grads = jax.grad(lambda p: jax.numpy.sum(p["w"] ** 2))(params)
-        updates, state = tx.update(grads, state, params)
-        params = jax.tree.map(lambda p, u: p + u, params, updates)
-    assert float(jax.numpy.sum(params["w"] ** 2)) < 0.5 * 13.0
-
-
-def test_cosine_schedule_warms_up_then_decays_to_zero():
-    cfg = synthetic.get_config("tiny")
-    cfg.lr_schedule, cfg.learning_rate, cfg.warmup_steps = "cosine", 1e-2, 10
-    lr = train_lib.learning_rate_schedule(cfg, 100)
-    assert float(lr(0)) == 0.0
-    assert float(lr(10)) == pytest.approx(1e-2)
-    assert float(lr(55)) == pytest.approx(0.5e-2, rel=1e-3)  # Half-way down the cosine.
-    assert float(lr(100)) == pytest.approx(0.0, abs=1e-9)
-    cfg.lr_schedule = "linear"
-    with pytest.raises(UserError, match="lr_schedule"):
-        train_lib.learning_rate_schedule(cfg, 100)
-    cfg.lr_schedule, cfg.optimizer = "constant", "lamb"
-    with pytest.raises(UserError, match="optimizer"):
-        train_lib.make_optimizer(cfg)

@@ -142,16 +142,40 @@ def test_cli_single_pair_json(workdir, files):
     assert d["llr"] == pytest.approx(_logit(d["score"]) - _logit(d["prior_positive"]), abs=1e-6)
 
 
+def test_cli_never_imports_tensorflow(workdir, files):
+    """A decision needs no data pipeline: TensorFlow (seconds of start-up) is never loaded."""
+    argv = ["--workdir", workdir, "--reference", files["a0"], "--questioned", files["a1"], "--json"]
+    code = (
+        "import sys\n"
+        "from siamjax.verify import cli\n"
+        f"rc = cli.main({argv!r})\n"
+        "banned = ('tensorflow', 'tensorflow_datasets', 'siamjax.train_lib', "
+        "'siamjax.input_pipeline')\n"
+        "loaded = sorted(m for m in sys.modules "
+        "if any(m == b or m.startswith(b + '.') for b in banned))\n"
+        "print('LOADED', loaded)\n"
+        "sys.exit(rc)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    decision, loaded = r.stdout.strip().splitlines()
+    assert json.loads(decision)["decision"] in ("genuine", "forged")
+    assert loaded == "LOADED []", loaded
+
+
 def test_scores_equal_the_full_model_on_the_preprocessed_pair(workdir, verifier, files):
     """Embedding once, padding and the head on cached embeddings change nothing; the reference
     goes first, as in training."""
     import jax
 
-    from siamjax import eval_lib, parallel
+    from siamjax import inference, parallel
     from siamjax.preprocess import preprocess_file
 
     cfg = verify.load_config(workdir)
-    model, variables, _, _ = eval_lib.restore_for_inference(
+    model, variables, _, _ = inference.restore(
         cfg, workdir, None, parallel.make_mesh(jax.devices()[:1])
     )
     a, b = (

@@ -1,4 +1,4 @@
-"""Each metric of siamjax.evaluate_metrics against an independent computation: scikit-learn, brute
+"""Each metric of siamjax.metrics against an independent computation: scikit-learn, brute
 force over thresholds, or numbers worked out by hand (derivations in the comments)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from siamjax import evaluate_metrics as em
+from siamjax import metrics as em
 
 # The hand-worked case used throughout, with ties between a genuine and a forgery score (0.4) and
 # between two genuine scores (0.4, 0.4).

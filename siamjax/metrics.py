@@ -1,10 +1,11 @@
-"""Verification metrics on pair scores, in plain numpy, so that every reported number has one
-definition.
+"""Metric definitions: verification metrics on pair scores, in plain numpy, so that every reported
+number has one definition.
 
 For: turning scores of (reference, questioned) pairs into FRR, FAR, EER, AUC, Cllr and friends, for
-training-time validation, `eval.py`, benchmarks and notebooks alike. Not for: computing scores
-(`siamjax.evaluate`), choosing pairs (`siamjax.pairs`) or drawing curves (`siamjax.plots`). No JAX
-or TensorFlow here, so the module imports in a blink and can be checked against scikit-learn.
+training-time validation, `eval.py`, benchmarks and notebooks alike, and writing them as JSON. Not
+for: computing scores (`siamjax.inference`), choosing pairs (`siamjax.pairs`, which owns
+the pair kinds) or drawing curves (`siamjax.plots`). No JAX or TensorFlow here, so the module
+imports in a blink and can be checked against scikit-learn.
 
 Conventions shared by every function:
 - A score s is the model's probability that a pair is genuine (sigmoid output, in (0, 1)); higher
@@ -27,11 +28,12 @@ import math
 from typing import Any
 
 import numpy as np
+import scipy.special
 
-# Integer codes for the kind of a pair; strings 'genuine', 'skilled', 'random' are accepted too.
-GENUINE, SKILLED, RANDOM = 0, 1, 2
-KIND_NAMES: tuple[str, ...] = ("genuine", "skilled", "random")
+# The kind of a pair, as int codes; `kind_codes` accepts their names too.
+from siamjax.pairs import GENUINE, KIND_NAMES, RANDOM, SKILLED
 
+# How the scores of one questioned signature against K references become one (`fuse_scores`).
 FUSE_METHODS: tuple[str, ...] = ("mean", "max", "min")
 
 # Scores are clipped to [LLR_EPS, 1 - LLR_EPS] before the logit: |logit| <= ~16.1 nats. float32
@@ -350,10 +352,6 @@ def eer_user(pos_scores: Any, neg_scores: Any, pos_writers: Any, neg_writers: An
 # ---- Calibration: log-likelihood ratios and Cllr -----------------------------------------------
 
 
-def _logit(p: np.ndarray | float) -> np.ndarray:
-    return np.log(p) - np.log1p(-np.asarray(p))
-
-
 def llr(scores: Any, prior_positive: float, eps: float = LLR_EPS) -> np.ndarray:
     """Natural-log likelihood ratio of each score, read as a posterior at the training prior.
 
@@ -377,7 +375,8 @@ def llr(scores: Any, prior_positive: float, eps: float = LLR_EPS) -> np.ndarray:
         raise ValueError(
             f"llr needs probabilities in [0, 1], got scores in [{s.min()}, {s.max()}]."
         )
-    return _logit(np.clip(s, eps, 1.0 - eps)) - float(_logit(prior_positive))
+    logit = scipy.special.logit
+    return logit(np.clip(s, eps, 1.0 - eps)) - float(logit(prior_positive))
 
 
 def cllr(pos_llr: Any, neg_llr: Any) -> float:
@@ -415,7 +414,8 @@ def min_cllr(pos_scores: Any, neg_scores: Any) -> float:
     x, y = _labelled(pos, neg)
     posterior = pav(x, y)
     with np.errstate(divide="ignore"):
-        calibrated = _logit(posterior) - float(_logit(pos.size / x.size))
+        logit = scipy.special.logit
+        calibrated = logit(posterior) - float(logit(pos.size / x.size))
     return cllr(calibrated[: pos.size], calibrated[pos.size :])
 
 
@@ -439,6 +439,17 @@ def kind_codes(kinds: Any) -> np.ndarray:
             f"Unknown pair kind(s) {bad[:5]}; use {list(KIND_NAMES)} or their codes 0, 1, 2."
         )
     return codes
+
+
+def operating_threshold(scores: Any, kinds: Any) -> float:
+    """The threshold to operate at, chosen on validation scores: the `eer` threshold of genuine vs
+    skilled pairs, or vs every negative when the split has no skilled forgeries."""
+    s = _scores(scores, "scores")
+    codes = kind_codes(kinds)
+    neg = s[codes == SKILLED]
+    if len(neg) == 0:
+        neg = s[codes != GENUINE]
+    return float(threshold_at_eer(s[codes == GENUINE], neg))
 
 
 def compute_metrics(
@@ -510,6 +521,7 @@ def compute_metrics(
     }
 
 
+
 def fuse_scores(scores_matrix: Any, method: str = "mean") -> np.ndarray:
     """One score per questioned signature from its scores against K references of the claimed
     writer.
@@ -543,3 +555,17 @@ def fuse_scores(scores_matrix: Any, method: str = "mean") -> np.ndarray:
     if method == "max":
         return np.nanmax(m, axis=1)
     return np.nanmin(m, axis=1)
+
+
+def jsonable(d: Any) -> Any:
+    """Metrics (nested in dicts and lists) as plain JSON types: floats, with NaN -> None (JSON has
+    no NaN), and ints; for metrics.json, summary.json and checkpoint metadata (orbax JsonSave)."""
+    if isinstance(d, dict):
+        return {k: jsonable(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [jsonable(v) for v in d]
+    if isinstance(d, (float, np.floating)):
+        return None if not np.isfinite(d) else float(d)
+    if isinstance(d, np.integer):
+        return int(d)
+    return d

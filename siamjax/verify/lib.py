@@ -1,0 +1,238 @@
+"""The library behind siamjax-verify: a trained workdir as a `Verifier` that turns `Pair`s of files
+into `Decision`s (`siamjax.verify.records`). See `siamjax.verify` for the whole story.
+
+Everything a user can fix (a bad path or file, a workdir without a run, a bad CSV) is a `UserError`
+naming it, or with `verify_pairs`, a `Failure` for that pair while the others are scored. Batches
+are padded to one shape (`siamjax.inference`), so nothing compiles again whatever the number of
+files. JAX and the model are loaded on first use, so a bad file is reported at once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from siamjax import metrics
+from siamjax.errors import UserError, one_line
+from siamjax.verify.records import FORGED, GENUINE, Decision, Failure, Pair, display_path
+
+FUSIONS = metrics.FUSE_METHODS
+# Images per jitted embedding call (rounded up to a multiple of the devices). Small, because a
+# typical call has a handful of files; a CSV of thousands still runs at a useful batch size.
+DEFAULT_BATCH_SIZE = 32
+# Pairs of a CSV handled together: their new files are read, embedded and scored, then printed.
+# Bounds memory (images live only while their chunk is processed; embeddings are cached).
+PAIRS_PER_CHUNK = 512
+
+
+def load_config(workdir: str | os.PathLike) -> Any:
+    """The ConfigDict a workdir was trained with, from the config.json that train.py writes."""
+    import ml_collections
+
+    workdir = os.fspath(workdir)
+    if not os.path.isdir(workdir):
+        what = "is not a directory" if os.path.exists(workdir) else "does not exist"
+        raise UserError(f"--workdir {workdir} {what}: pass the workdir of a training run.")
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise UserError(
+            f"{path} not found: --workdir must be the workdir of a training run "
+            "(train.py writes config.json there)."
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read the training config ({one_line(e)}).") from e
+    if not isinstance(doc, dict) or not {"image_height", "image_width", "model"} <= doc.keys():
+        raise UserError(
+            f"{path} is not a siamjax training config (no image_height, image_width "
+            "and model keys)."
+        )
+    return ml_collections.ConfigDict(doc)
+
+
+class Verifier:
+    """A trained workdir ready to score pairs of files.
+
+    Reads `<workdir>/config.json` at once; restores the checkpoint (best by validation EER, or
+    `step`) on first use, so that a bad input file is reported without waiting for the model.
+    `threshold` overrides the calibrated one; `fusion` is one of FUSIONS.
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        step: int | None = None,
+        threshold: float | None = None,
+        fusion: str = "mean",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+    ):
+        if fusion not in FUSIONS:
+            raise UserError(f"--fusion {fusion!r} is unknown; use one of {', '.join(FUSIONS)}.")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise UserError(f"--threshold {threshold} must lie in [0, 1] (a probability).")
+        self.workdir = os.path.abspath(os.fspath(workdir))
+        self.config = load_config(self.workdir)
+        self.height, self.width = int(self.config.image_height), int(self.config.image_width)
+        self.fusion = fusion
+        self._requested_step, self._threshold_override = step, threshold
+        self._batch_size = batch_size
+        self._workers = workers or min(8, os.cpu_count() or 1)
+        self._scorer: Any = None  # An inference.Scorer, once the model is restored.
+        self._embeddings: dict[str, np.ndarray] = {}  # Absolute path -> [D] float32.
+        self._bad_files: dict[str, str] = {}  # Absolute path -> one-line error.
+
+    def _ensure_model(self) -> None:
+        """Restores the checkpoint and its calibration, on this process's devices."""
+        if self._scorer is not None:
+            return
+        import jax
+
+        from siamjax import inference, parallel
+
+        mesh = parallel.make_mesh(jax.local_devices())  # A verifier is one process.
+        n = mesh.devices.size
+        restored = inference.restore(self.config, self.workdir, self._requested_step, mesh)
+        threshold, self.threshold_source = self._threshold_override, "--threshold"
+        if threshold is None:
+            threshold, self.threshold_source = restored.threshold, "calibrated on validation"
+        if threshold is None:
+            raise UserError(
+                f"the checkpoint of step {restored.step} in {self.workdir} was saved without a "
+                "validation, so it has no calibrated threshold: pass --threshold, or "
+                "a --step that was validated."
+            )
+        self.threshold = float(threshold)
+        self.prior_positive = float(restored.prior_positive or self.config.pairs.positive)
+        self.step = restored.step
+        self._variables = restored.variables
+        self._scorer = inference.Scorer(restored.model, mesh, -(-self._batch_size // n) * n)
+
+    # ---- files -> embeddings ---------------------------------------------------------------
+
+    def _preprocess(self, key_and_name: tuple[str, str]) -> np.ndarray | str:
+        from siamjax.preprocess import preprocess_file
+
+        try:
+            return preprocess_file(key_and_name[1], self.height, self.width)
+        except UserError as e:
+            return one_line(str(e))
+
+    def _embed_files(self, paths: Iterable[str], all_or_nothing: bool = False) -> None:
+        """Reads, normalises and embeds every file of `paths` not seen before; a file that cannot
+        be used lands in `_bad_files`. With `all_or_nothing`, one bad file means nothing is
+        embedded (and the model is not even restored)."""
+        todo: dict[str, str] = {}
+        for p in paths:
+            key = os.path.abspath(p)
+            if key not in self._embeddings and key not in self._bad_files:
+                todo.setdefault(key, display_path(p))
+        if not todo:
+            return
+        if len(todo) == 1:
+            results = [self._preprocess(next(iter(todo.items())))]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:
+                results = list(pool.map(self._preprocess, todo.items()))
+        good = [(k, r) for k, r in zip(todo, results, strict=True) if not isinstance(r, str)]
+        bad = {k: r for k, r in zip(todo, results, strict=True) if isinstance(r, str)}
+        self._bad_files.update(bad)
+        if not good or (bad and all_or_nothing):
+            return
+        self._ensure_model()
+        emb = self._scorer.embeddings(self._variables, np.stack([r for _, r in good]))
+        self._embeddings.update((k, e) for (k, _), e in zip(good, emb, strict=True))
+
+    def embeddings(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
+        """float32 [len(paths), D] encoder outputs of files (cached), e.g. to compare scans or build
+        a gallery of a writer's references; raises `UserError` naming the first unusable file."""
+        paths = [os.fspath(p) for p in paths]
+        self._embed_files(paths, all_or_nothing=True)
+        for p in paths:
+            if os.path.abspath(p) in self._bad_files:
+                raise UserError(self._bad_files[os.path.abspath(p)])
+        return np.stack([self._embeddings[os.path.abspath(p)] for p in paths])
+
+    # ---- pairs -> decisions ----------------------------------------------------------------
+
+    def verify(
+        self,
+        references: str | os.PathLike | Sequence[str | os.PathLike],
+        questioned: str | os.PathLike,
+        id: str = "",
+    ) -> Decision:
+        """Decides one pair; raises `UserError` naming the first file that cannot be used."""
+        if isinstance(references, str | os.PathLike):
+            references = [references]
+        pair = Pair(tuple(os.fspath(r) for r in references), os.fspath(questioned), id)
+        self.embeddings([*pair.references, pair.questioned])  # Stops at the first bad file.
+        (result,) = self.verify_pairs([pair])
+        if isinstance(result, Failure):
+            raise UserError(result.error)
+        return result
+
+    def verify_pairs(self, pairs: Iterable[Pair]) -> Iterator[Decision | Failure]:
+        """A `Decision` or a `Failure` for each pair, in order, a chunk of pairs at a time."""
+        chunk: list[Pair] = []
+        for pair in pairs:
+            chunk.append(pair)
+            if len(chunk) == PAIRS_PER_CHUNK:
+                yield from self._verify_chunk(chunk)
+                chunk = []
+        if chunk:
+            yield from self._verify_chunk(chunk)
+
+    def _verify_chunk(self, pairs: list[Pair]) -> list[Decision | Failure]:
+        from siamjax import inference
+
+        self._embed_files(p for pair in pairs for p in (*pair.references, pair.questioned) if p)
+        results: list[Decision | Failure | None] = []
+        rows_ref, rows_q = [], []  # Keys of every (reference, questioned) to score.
+        for pair in pairs:
+            keys = [os.path.abspath(p) for p in (*pair.references, pair.questioned)]
+            bad = next((k for k in keys if k in self._bad_files), None)
+            if not pair.questioned or not pair.references:
+                empty = "questioned file" if not pair.questioned else "reference"
+                results.append(Failure(pair.id, f"no {empty} given"))
+            elif bad is not None:
+                results.append(Failure(pair.id, self._bad_files[bad]))
+            else:
+                results.append(None)
+                rows_ref += keys[:-1]
+                rows_q += [keys[-1]] * (len(keys) - 1)
+        if rows_ref:
+            e_ref = np.stack([self._embeddings[k] for k in rows_ref])
+            e_q = np.stack([self._embeddings[k] for k in rows_q])
+            logits = self._scorer.score_embeddings(self._variables, e_ref, e_q)
+            scores = inference.probabilities(logits)  # As validation's: the threshold's scale.
+        start = 0
+        for i, pair in enumerate(pairs):
+            if results[i] is not None:
+                continue
+            k = len(pair.references)
+            per_ref = scores[start : start + k]
+            start += k
+            fused = float(metrics.fuse_scores(per_ref[None, :], self.fusion)[0])
+            llr = float(metrics.llr(np.array([fused]), self.prior_positive)[0])
+            results[i] = Decision(
+                id=pair.id,
+                questioned=display_path(pair.questioned),
+                references=tuple(display_path(r) for r in pair.references),
+                reference_scores=tuple(float(s) for s in per_ref),
+                fusion=self.fusion,
+                score=fused,
+                llr=llr,
+                prior_positive=self.prior_positive,
+                threshold=self.threshold,
+                decision=GENUINE if fused >= self.threshold else FORGED,
+                checkpoint_step=self.step,
+            )
+        return results  # type: ignore[return-value]
