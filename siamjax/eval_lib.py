@@ -27,7 +27,8 @@ from siamjax.errors import UserError
 from siamjax.input_pipeline import Data
 
 TABLE_KEYS = ("accuracy", "frr", "far_skilled", "far_random", "eer", "eer_random", "eer_user",
-              "auc", "auc_random", "cllr", "min_cllr", "oracle_accuracy", "threshold")
+              "auc", "auc_random", "cllr", "min_cllr", "oracle_accuracy", "threshold",
+              "swap_mean_change", "swap_flip_rate")
 WORST_PAIRS = 8  # Worst false accepts and worst false rejects shown in worst_pairs.png.
 
 
@@ -116,12 +117,33 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str =
         scores = _shifted(scores, center - offsets)
     claimed = data.catalog.writer[trials.references[:, 0]]
     results = metrics.compute_metrics(scores, trials.kind, claimed, float(threshold), prior)
+    results.update(swap_effect(scorer, variables, data.catalog.images, trials, float(threshold)))
     out_dir = eval_dir(config, workdir, split)
     if jax.process_index() == 0:
         write_outputs(out_dir, config, step, results, scores, trials, data, prior)
     logging.info("wrote %s", out_dir)
     print(format_table(results, split, step, config))
     return results
+
+
+def swap_effect(scorer: inference.Scorer, variables: Any, images: np.ndarray,
+                trials: pairs_lib.Trials, threshold: float) -> dict[str, float]:
+    """What changes when the two images of a pair trade places (first reference of each trial).
+
+    A verifier should not care which of two signatures is called the reference: with `absdiff`
+    or `distance` the head is symmetric and both figures are 0 up to rounding; the design's
+    signed `diff` is not, and these say by how much. `swap_mean_change`: mean |p(r, q) - p(q, r)|;
+    `swap_flip_rate`: share of pairs whose decision at `threshold` changes.
+    """
+    a, b = trials.references[:, 0], trials.questioned
+    both = pairs_lib.Pairs(np.concatenate([a, b]).astype(np.int32),
+                           np.concatenate([b, a]).astype(np.int32),
+                           np.concatenate([trials.label, trials.label]).astype(np.int32),
+                           np.concatenate([trials.kind, trials.kind]).astype(np.int32))
+    p = inference.probabilities(scorer.logits(variables, images, both))
+    forward, swapped = p[: len(trials)], p[len(trials):]
+    return {"swap_mean_change": float(np.mean(np.abs(forward - swapped))),
+            "swap_flip_rate": float(np.mean((forward >= threshold) != (swapped >= threshold)))}
 
 
 def _shifted(scores: np.ndarray, delta: np.ndarray) -> np.ndarray:

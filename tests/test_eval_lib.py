@@ -76,3 +76,28 @@ def test_cross_dataset_uses_the_training_threshold_and_its_own_folder(trained):
     row = next(csv.DictReader(open(f"{out}/scores.csv")))
     logit = model.apply(variables, img[p.a[:1]], img[p.b[:1]], train=False)
     assert float(row["score"]) == pytest.approx(float(jax.nn.sigmoid(logit[0])), abs=1e-5)
+
+
+@pytest.mark.parametrize("combine", ["diff", "absdiff"])
+def test_swap_effect_is_zero_only_for_a_symmetric_head(combine):
+    cfg = synthetic.get_config("tiny")
+    cfg.model.combine = combine
+    model = models.create_model(cfg.model)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, cfg.image_height, cfg.image_width, 1), dtype=np.uint8)
+    dummy = np.zeros((2, cfg.image_height, cfg.image_width, 1), np.uint8)
+    variables = model.init({"params": jax.random.key(1)}, dummy, dummy, train=False)
+    trials = pairs.Trials(questioned=np.array([1, 2, 4], np.int32),
+                          references=np.array([[0], [3], [5]], np.int32),
+                          kind=np.array([0, 1, 2], np.int32), label=np.array([1, 0, 0], np.int32))
+    scorer = inference.Scorer(model, parallel.make_mesh(), 8)
+    got = eval_lib.swap_effect(scorer, variables, images, trials, threshold=0.5)
+    # Independently: the model applied to (r, q) and to (q, r).
+    r, q = images[trials.references[:, 0]], images[trials.questioned]
+    p_rq = np.asarray(jax.nn.sigmoid(model.apply(variables, r, q, train=False)))
+    p_qr = np.asarray(jax.nn.sigmoid(model.apply(variables, q, r, train=False)))
+    assert got["swap_mean_change"] == pytest.approx(np.mean(np.abs(p_rq - p_qr)), abs=1e-6)
+    if combine == "absdiff":  # Each image is embedded once, so |e1 - e2| is bitwise symmetric.
+        assert got["swap_mean_change"] == 0.0 and got["swap_flip_rate"] == 0.0
+    else:  # Even untrained, the signed difference moves the score.
+        assert got["swap_mean_change"] > 1e-6
