@@ -33,18 +33,23 @@ WORST_PAIRS = 8  # Worst false accepts and worst false rejects shown in worst_pa
 
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, step: int | None,
                           mesh: jax.sharding.Mesh) -> tuple[models.SiameseNet, Any, int, dict]:
-    """(model, variables, step, meta) of the best checkpoint (or `step`), read-only."""
+    """(model, variables, step, meta) of the best checkpoint (or `step`), read-only.
+
+    Without `step`, a damaged best checkpoint gives way to the newest good one (with a warning);
+    an explicit `step` is restored or fails.
+    """
     train_lib.check_model_matches(config, workdir)
     ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-    if step is None:
-        step = ckpt.best_step() or ckpt.latest_step()
-    if step is None:
+    if step is None and ckpt.latest_step() is None:
         raise UserError(f"{ckpt.directory} holds no checkpoint.")
     model = models.create_model(config.model)
-    abstract = jax.eval_shape(lambda r: train_lib.create_train_state(config, model, r),
-                              jax.random.key(0))
-    state, meta = ckpt.restore(step, checkpointing.abstract_with_sharding(
-        abstract, parallel.replicated(mesh)))
+    abstract = checkpointing.abstract_with_sharding(
+        jax.eval_shape(lambda r: train_lib.create_train_state(config, model, r),
+                       jax.random.key(0)), parallel.replicated(mesh))
+    if step is None:
+        step, state, meta = ckpt.restore_latest_good(abstract, prefer=ckpt.best_step())
+    else:
+        state, meta = ckpt.restore(step, abstract)
     ckpt.close()
     return model, {"params": state.params, "batch_stats": state.batch_stats}, step, meta
 
