@@ -234,7 +234,7 @@ class Checkpointer:
                 try:
                     state, meta = self.restore(step, abstract_state)
                 except Exception as e:  # noqa: BLE001 - any unreadable step is skipped.
-                    problem, err = _first_line(e), e
+                    problem, err = _first_line(e).split(": ", 1)[-1], e
                 else:
                     if self._writable and not os.path.exists(
                             os.path.join(self.directory, str(step), DIGEST_FILE)):
@@ -266,6 +266,10 @@ class Checkpointer:
         if step not in self.manager.all_steps():
             raise UserError(f"no checkpoint of step {step} in {self.directory}; there are "
                             f"{sorted(self.manager.all_steps())}.")
+        problem = self.step_problem(step)
+        if problem:
+            raise UserError(f"the checkpoint in {self.directory} (step {step}) is damaged: "
+                            f"{problem}.")
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
@@ -273,6 +277,9 @@ class Checkpointer:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"the checkpoint in {self.directory} (step {step}) does not fit this "
                             f"model's config: {first[:300]}") from e
+        except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exception on bad files.
+            raise UserError(f"the checkpoint in {self.directory} (step {step}) cannot be read "
+                            f"(damaged?): {_first_line(e)}") from e
         return restored["state"], dict(restored["meta"])
 
     def _set_aside(self, steps: list[int]) -> None:
@@ -307,7 +314,8 @@ class Checkpointer:
         steps = sorted(self.manager.all_steps())
         verified = [s for s in steps if os.path.exists(
             os.path.join(self.directory, str(s), DIGEST_FILE))]
-        keep = set(steps[max(len(steps) - self._keep, 0):]) | {self.manager.best_step()} | set(verified[-1:])
+        keep = (set(steps[max(len(steps) - self._keep, 0):]) | {self.manager.best_step()}
+                | set(verified[-1:]))
         for step in steps:
             if step not in keep:
                 self.manager.delete(step)
