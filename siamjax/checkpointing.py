@@ -144,6 +144,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             read_only=read_only, preservation_policy=None if read_only else keep_policy,
             best_fn=_best_fn, best_mode="min", create=not read_only,
+            cleanup_tmp_directories=not read_only,  # Saves a crash interrupted: never restored.
             enable_async_checkpointing=not read_only)
         try:
             self.manager = ocp.CheckpointManager(self.directory, options=options,

@@ -235,7 +235,7 @@ def test_a_disk_that_fills_during_training_stops_it_cleanly(tfds_dir, tmp_path):
         assert step == max(good)
         ckpt.close()
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_an_unwritable_checkpoint_folder_is_one_line(tfds_dir, tmp_path):
