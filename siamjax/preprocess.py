@@ -294,6 +294,8 @@ def ink_box(
         )
     mask = blurred <= threshold
     labels, n = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:  # Otsu's threshold below every pixel: found by fuzzing (a 2x1 16-bit PNG).
+        raise UserError(f"{name}: no ink found (no pixel is darker than the ink threshold)")
     boxes = ndi.find_objects(labels)
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     small = areas < SMALL_COMPONENT_FRACTION * areas.sum()

@@ -285,7 +285,10 @@ def test_eval_and_verify_beside_a_saving_trainer(trained, tfds_dir, tmp_path):
             assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state)))
             seen.add(step)
             restores += 1
-            if restores == 2:
+            if restores == 1:  # What eval.py runs: best (or newest good) checkpoint, a split.
+                metrics = eval_lib.run_evaluation(cfg, wd, "validation")
+                assert 0.0 <= metrics["eer"] <= 1.0
+            if restores == 2:  # What siamjax-verify runs.
                 rc = verify.main(["--workdir", wd, "--reference", img, "--questioned", img])
                 assert rc == 0
         _, stderr = trainer.communicate(timeout=120)

@@ -74,8 +74,22 @@ class _Run:
 
 
 def _tmp_dirs(ckpt_dir):
-    """Step directories being written (or left by a killed save)."""
+    """Step directories being written (after start-up: orbax removes older ones when it starts)."""
     return {n for n in os.listdir(ckpt_dir) if TMP_MARK in n} if os.path.isdir(ckpt_dir) else set()
+
+
+def _latest(ckpt_dir):
+    steps = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if os.path.isdir(ckpt_dir) else []
+    return max(steps, default=0)
+
+
+def _wait_for_progress(run, ckpt_dir, after, timeout=120):
+    """Until a step newer than `after` is committed: every such kill interrupts a resumed run."""
+    deadline = time.monotonic() + timeout
+    while _latest(ckpt_dir) <= after:
+        assert run.proc.poll() is None, f"train.py exited:\n{run.text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no new checkpoint in {timeout} s"
+        time.sleep(0.005)
 
 
 @pytest.mark.slow
@@ -99,39 +113,40 @@ def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(tmp_pa
     while kills < KILLS:
         attempt += 1
         assert attempt < 3 * KILLS, f"training finished after {kills} kills ({modes})"
-        stale = _tmp_dirs(ckpt_dir)
+        before = _latest(ckpt_dir)
         run = _Run(cmd, env, str(tmp_path / f"run{attempt}.log"))
         mode = rng.choice(["startup", "between steps", "in a save", "in a save"])
         if kills == KILLS // 2 and not preempted:
             mode = "sigterm"
-        if mode == "startup":
-            time.sleep(rng.uniform(0.5, 6.0))
-        elif not run.wait_for(READY, timeout=240):
-            pytest.fail(f"train.py ended before training (rc {run.finish()}):\n"
-                        f"{run.text()[-3000:]}")
-        elif mode == "between steps":
-            time.sleep(rng.uniform(0.0, 0.5))
-        elif mode == "in a save":
-            deadline = time.monotonic() + 10
-            while not _tmp_dirs(ckpt_dir) - stale and time.monotonic() < deadline:
-                time.sleep(0.001)
+        if mode == "startup":  # Imports, compilation, restoring: anywhere before training.
+            time.sleep(rng.uniform(0.5, 8.0))
+        else:
+            if not run.wait_for(READY, timeout=240):
+                pytest.fail(f"train.py ended before training (rc {run.finish()}):\n"
+                            f"{run.text()[-3000:]}")
+            _wait_for_progress(run, ckpt_dir, before)
+            if mode == "in a save":
+                deadline = time.monotonic() + 10
+                while not _tmp_dirs(ckpt_dir) and time.monotonic() < deadline:
+                    time.sleep(0.0005)
+            else:
+                time.sleep(rng.uniform(0.0, 0.2))
         if mode == "sigterm":
-            time.sleep(rng.uniform(0.0, 0.3))
             run.proc.send_signal(15)
             rc = run.finish()
             assert rc == EXIT_PREEMPTED, run.text()[-3000:]
             assert "preempted (SIGTERM): saved step" in run.text()
-            assert not _tmp_dirs(ckpt_dir) - stale  # The save it made is complete.
+            assert not _tmp_dirs(ckpt_dir)  # The save it made is complete.
             preempted = True
             modes.append(mode)
             continue
-        if run.proc.poll() is not None:  # Finished before the kill: start over is not possible.
+        if run.proc.poll() is not None:  # Finished before the kill.
             pytest.fail(f"train.py exited (rc {run.finish()}) before kill {kills + 1}: use more "
                         "steps")
         run.proc.kill()
         run.finish()
         kills += 1
-        if _tmp_dirs(ckpt_dir) - stale:
+        if mode != "startup" and _tmp_dirs(ckpt_dir):
             during_save += 1
         modes.append(mode)
 

@@ -212,3 +212,12 @@ def test_gigapixel_headers_are_refused_without_allocating():
         with pytest.raises(UserError, match=r"exceeds the limit|decompression bomb"):
             preprocess.preprocess_bytes(data, NAME, H, W)
         assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 100_000  # < 100 MB
+
+
+def test_a_two_pixel_16_bit_png_is_a_one_line_error_not_a_crash():
+    """Found by this fuzzing: Otsu's threshold fell below both pixels and ink_box crashed."""
+    data = _png_header(2, 1, 16, 0)[:33] + bytes.fromhex(
+        "0000000d49444154789c638838782d1b0005bf025bed4576480000000049454e44ae426082")
+    assert preprocess.load_image(data).shape == (1, 2)
+    with pytest.raises(UserError, match="no ink"):
+        preprocess.preprocess_bytes(data, NAME, H, W)
