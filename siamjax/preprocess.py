@@ -103,7 +103,8 @@ def _pil_to_gray(im: Image.Image) -> np.ndarray:
         return np.asarray(im, dtype=np.float32) * (255.0 / 65535.0)
     if mode in ("I", "F"):
         # 32-bit integer (how PIL hands over some 16-bit files) or float pixels: guess the range.
-        a = np.asarray(im, dtype=np.float32)
+        # NaN is paper and +-Inf the extremes (found by fuzzing: a float TIFF of one NaN pixel).
+        a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=255.0, posinf=1e30, neginf=-1e30)
         top = float(a.max()) if a.size else 0.0
         if mode == "F" and top <= 1.0:
             a = a * 255.0
