@@ -194,7 +194,8 @@ class Checkpointer:
         for step in list(self._undigested):
             self._undigested.remove(step)
             step_dir = os.path.join(self.directory, str(step))
-            if step in committed and os.path.isdir(step_dir):
+            # One writer (the primary process) on a shared file system.
+            if step in committed and os.path.isdir(step_dir) and jax.process_index() == 0:
                 try:
                     write_digest(step_dir)
                 except OSError as e:
@@ -287,7 +288,7 @@ class Checkpointer:
         """Moves damaged steps newer than the one training resumes from to
         <workdir>/damaged_checkpoints/ (kept for inspection), so that their steps can be saved
         again."""
-        if not steps:
+        if not steps or jax.process_index() != 0:
             return
         aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
         os.makedirs(aside, exist_ok=True)
@@ -306,7 +307,7 @@ class Checkpointer:
     def wait(self) -> None:
         self._guarded(self.manager.wait_until_finished)
         self._digest_finished()
-        if self._writable:
+        if self._writable and jax.process_count() == 1:  # Several: orbax prunes at the next save.
             self._prune()
 
     def _prune(self) -> None:
