@@ -16,7 +16,7 @@ import pytest
 
 from configs import synthetic
 from siamjax import checkpointing, eval_lib, parallel, train_lib
-from siamjax.errors import UserError
+from siamjax.errors import EXIT_PREEMPTED, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -252,8 +252,9 @@ def test_an_unwritable_checkpoint_folder_is_one_line(tfds_dir, tmp_path):
 
 @pytest.mark.slow
 def test_eval_and_verify_beside_a_saving_trainer(trained, tfds_dir, tmp_path):
-    """train.py saves every step while this process restores the best/latest checkpoint again and
-    again and siamjax-verify scores a pair: every restore is whole, the trainer finishes."""
+    """train.py saves every step while this process restores the newest good checkpoint again and
+    again, runs what eval.py runs and what siamjax-verify runs: every restore is whole and the
+    trainer, preempted at the end, exits as it should with an intact last checkpoint."""
     wd = str(tmp_path / "run")
     shutil.copytree(trained, wd)  # Checkpoints to read from the start; training continues.
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
@@ -261,23 +262,23 @@ def test_eval_and_verify_beside_a_saving_trainer(trained, tfds_dir, tmp_path):
     trainer = subprocess.Popen(
         [sys.executable, os.path.join(REPO, "train.py"), "--config=configs/synthetic.py:tiny",
          f"--workdir={wd}", f"--config.tfds_data_dir={tfds_dir}",
-         "--config.num_train_steps=60", "--config.checkpoint_every_steps=1",
-         "--config.keep_checkpoints=2", "--config.eval_every_steps=30"],
+         "--config.num_train_steps=100000", "--config.checkpoint_every_steps=1",
+         "--config.keep_checkpoints=2", "--config.eval_every_steps=50"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     cfg = _cfg(tfds_dir)
     seen, restores = set(), 0
     try:
+        from PIL import Image
+
         from siamjax import verify
 
         img = os.path.join(tmp_path, "sig.png")
-        from PIL import Image
-
-        rng = np.random.default_rng(0)
         page = np.full((60, 90), 255, np.uint8)
-        page[20:40, 10:80] = rng.integers(0, 60, (20, 70))
+        page[20:40, 10:80] = np.random.default_rng(0).integers(0, 60, (20, 70))
         Image.fromarray(page).save(img)
-        deadline = time.time() + 150
-        while trainer.poll() is None and time.time() < deadline:
+        deadline = time.time() + 300
+        while trainer.poll() is None and time.time() < deadline and (restores < 8
+                                                                       or len(seen) < 3):
             ckpt = checkpointing.Checkpointer(wd, read_only=True)
             step, state, meta = ckpt.restore_latest_good(_abstract(cfg))
             ckpt.close()
@@ -285,18 +286,35 @@ def test_eval_and_verify_beside_a_saving_trainer(trained, tfds_dir, tmp_path):
             assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state)))
             seen.add(step)
             restores += 1
-            if restores == 1:  # What eval.py runs: best (or newest good) checkpoint, a split.
+            if restores == 3:  # What eval.py runs: the best (or newest good) step, a split.
                 metrics = eval_lib.run_evaluation(cfg, wd, "validation")
                 assert 0.0 <= metrics["eer"] <= 1.0
-            if restores == 2:  # What siamjax-verify runs.
-                rc = verify.main(["--workdir", wd, "--reference", img, "--questioned", img])
-                assert rc == 0
+            if restores == 5:  # What siamjax-verify runs.
+                assert verify.main(["--workdir", wd, "--reference", img, "--questioned", img]) == 0
+        assert trainer.poll() is None, trainer.stderr.read()[-3000:]
+        trainer.send_signal(15)
         _, stderr = trainer.communicate(timeout=120)
     finally:
         if trainer.poll() is None:
             trainer.kill()
-    assert trainer.returncode == 0, stderr[-2000:]
-    assert restores >= 3 and len(seen) >= 2, (restores, seen)
+    assert trainer.returncode == EXIT_PREEMPTED, stderr[-3000:]
+    assert restores >= 8 and len(seen) >= 3, (restores, seen)
     ckpt = checkpointing.Checkpointer(wd, read_only=True)
-    assert ckpt.latest_step() == 60 and ckpt.step_problem(60) is None
+    last = ckpt.latest_step()
+    assert last > max(seen) and ckpt.step_problem(last) is None
+    assert ckpt.restore_latest_good(_abstract(cfg))[0] == last
     ckpt.close()
+
+
+def test_a_read_only_workdir_is_one_line_naming_it(tfds_dir, tmp_path):
+    """A real read-only file system (a tmpfs mounted read-only; needs root, skipped elsewhere)."""
+    mnt = tmp_path / "ro"
+    if not _mount_tmpfs(mnt, "1m"):
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        with pytest.raises(UserError, match=r"cannot be written.*[Rr]ead-only") as e:
+            train_lib.train_and_evaluate(_cfg(tfds_dir), str(mnt / "run"))
+        assert "\n" not in str(e.value) and str(mnt / "run") in str(e.value)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
