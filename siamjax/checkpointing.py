@@ -22,6 +22,7 @@ import dataclasses
 import errno
 import json
 import os
+import time
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -146,11 +147,22 @@ class Checkpointer:
             best_fn=_best_fn, best_mode="min", create=not read_only,
             cleanup_tmp_directories=not read_only,  # Saves a crash interrupted: never restored.
             enable_async_checkpointing=not read_only)
-        try:
-            self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                                 item_names=("state", "meta"))
-        except OSError as e:
-            raise _storage_error(self.directory, e) from e
+        if not read_only and os.path.exists(self.directory) and not os.path.isdir(
+                self.directory):
+            raise UserError(f"{self.directory} is a file, not a folder: cannot save checkpoints "
+                            "there; use another --workdir.")
+        for attempt in range(5):
+            try:
+                self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                                     item_names=("state", "meta"))
+                break
+            except FileNotFoundError as e:
+                # A reader beside a trainer: a step was deleted between listing and reading it.
+                if not read_only or attempt == 4:
+                    raise _storage_error(self.directory, e) from e
+                time.sleep(0.05)
+            except OSError as e:
+                raise _storage_error(self.directory, e) from e
         self._undigested: list[int] = []  # Steps this process saved and has not digested yet.
         self._writable = not read_only
         self._keep = keep
@@ -224,6 +236,19 @@ class Checkpointer:
         Raises a UserError when there is no checkpoint, or none restores (the error of the
         preferred step, e.g. a checkpoint of another model, names the folder).
         """
+        for _ in range(3):
+            try:
+                return self._restore_latest_good(abstract_state, prefer)
+            except UserError as e:
+                if " is gone" not in str(e):
+                    raise
+                # A trainer beside this reader deleted the steps listed: list them again.
+                self.manager.reload()
+                prefer = None
+        return self._restore_latest_good(abstract_state, prefer)
+
+    def _restore_latest_good(self, abstract_state: Any, prefer: int | None
+                             ) -> tuple[int, Any, dict[str, Any]]:
         steps = sorted(self.manager.all_steps(), reverse=True)
         if not steps:
             raise UserError(f"{self.directory} holds no checkpoint.")

@@ -55,7 +55,7 @@ def _all_finite(tree):
 def test_a_nan_stops_training_naming_the_step_and_saves_nothing_after(
         tfds_dir, tmp_path, inf_learning_rate_from_step_6):
     wd = str(tmp_path)
-    cfg = _cfg(tfds_dir, log_every_steps=4)
+    cfg = _cfg(tfds_dir, log_every_steps=4, num_train_steps=8)
     with pytest.raises(NonFiniteError, match=rf"^step {BAD_FROM}: .*NaN or Inf") as e:
         train_lib.train_and_evaluate(cfg, wd)
     assert "step 4" in str(e.value) and "\n" not in str(e.value)
@@ -69,22 +69,22 @@ def test_a_nan_stops_training_naming_the_step_and_saves_nothing_after(
 def test_skip_mode_skips_and_counts_nonfinite_steps(tfds_dir, tmp_path,
                                                     inf_learning_rate_from_step_6):
     wd = str(tmp_path)
-    cfg = _cfg(tfds_dir, skip_nonfinite_steps=True)
+    cfg = _cfg(tfds_dir, skip_nonfinite_steps=True, num_train_steps=8)
     summary = train_lib.train_and_evaluate(cfg, wd)
-    skipped = 12 - BAD_FROM + 1
+    skipped = 8 - BAD_FROM + 1
     assert summary["skipped_nonfinite_steps"] == skipped
     with open(os.path.join(wd, "summary.json")) as f:
         assert json.load(f)["skipped_nonfinite_steps"] == skipped
-    final, before = _params(cfg, wd, 12), _params(cfg, wd, BAD_FROM - 2)
+    final, before = _params(cfg, wd, 8), _params(cfg, wd, BAD_FROM - 2)
     assert _all_finite(final)
-    # Steps 5 (good) ... then nothing changes: step 6's checkpoint equals step 12's.
+    # Step 5 changes the parameters, then nothing does: step 6's checkpoint equals step 8's.
     for x, y in zip(jax.tree.leaves(_params(cfg, wd, BAD_FROM)), jax.tree.leaves(final),
                     strict=True):
         np.testing.assert_array_equal(x, y)
     assert any(not np.array_equal(x, y) for x, y in
                zip(jax.tree.leaves(before), jax.tree.leaves(final), strict=True))
     ckpt = checkpointing.Checkpointer(wd, read_only=True)
-    assert ckpt.restore_meta(12)["skipped_nonfinite_steps"] == skipped
+    assert ckpt.restore_meta(8)["skipped_nonfinite_steps"] == skipped
     ckpt.close()
 
 
@@ -101,10 +101,9 @@ def test_the_step_keeps_the_old_state_exactly_when_not_finite():
     assert int(flags[faults.NONFINITE]) == 1 and int(flags[faults.FIRST_NONFINITE]) == 7
 
 
-def test_sigterm_checkpoints_the_step_flushes_and_a_rerun_continues(tfds_dir, tmp_path,
-                                                                   monkeypatch, caplog):
+def test_sigterm_checkpoints_the_step_and_flushes(tfds_dir, tmp_path, monkeypatch):
     """In-process; tests/test_crash_resume.py checks train.py's exit code 143 and that the rerun
-    ends with exactly the parameters of an uninterrupted run."""
+    continues and ends with exactly the parameters of an uninterrupted run."""
     cfg = _cfg(tfds_dir, checkpoint_every_steps=100, eval_every_steps=100, num_train_steps=8)
     calls = {"n": 0}
     to_global = parallel.to_global
@@ -126,11 +125,6 @@ def test_sigterm_checkpoints_the_step_flushes_and_a_rerun_continues(tfds_dir, tm
     events = [f for f in os.listdir(wd) if f.startswith("events.out.tfevents")]
     assert events and os.path.getsize(os.path.join(wd, events[0])) > 0  # Flushed (step 4 log).
 
-    monkeypatch.setattr(parallel, "to_global", to_global)
-    with caplog.at_level("INFO"):
-        summary = train_lib.train_and_evaluate(cfg, wd)
-    assert "resumed from the checkpoint of step 5" in caplog.text
-    assert summary["final_step"] == 8 and _all_finite(_params(cfg, wd, 8))
 
 
 def test_preemption_watcher_restores_the_previous_handler():
