@@ -155,6 +155,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 500  # Validation (EER, accuracy); also at the end.
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 2  # Latest N kept, plus the best by validation EER.
+    # A step whose loss or gradients hold a NaN or Inf never changes the state. False: training
+    # stops with an error naming the step (exit code 3), the last checkpoint stays the latest.
+    # True: such steps are skipped and counted (a warning, and skipped_nonfinite_steps in
+    # summary.json). Checked where metrics are fetched anyway: at log steps and before each save.
+    c.skip_nonfinite_steps = False
     c.prefetch = 2  # Batches prepared ahead of the device.
 
     c.lock()

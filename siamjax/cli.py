@@ -1,7 +1,8 @@
 """What train.py, eval.py and siamjax-verify share before they call the library.
 
 Hides GPUs from TensorFlow (tf.data runs on the CPU; TF must not take accelerator memory) and turns
-a `UserError` into one line on stderr and exit code 2.
+a `UserError` into one line on stderr and its exit code (2; 3 for a non-finite loss), and a
+`Preempted` into one line and exit code 143 (see siamjax/errors.py).
 """
 
 from __future__ import annotations
@@ -72,21 +73,25 @@ def _last_line(e: BaseException) -> str:
     return one_line(e, lines="last")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def user_errors_exit(fn: Callable) -> Callable:
-    """Runs `fn`; a UserError becomes 'error: <message>' and exit code 2."""
+    """Runs `fn`; a UserError becomes 'error: <message>' and its exit code (2, or 3 for a
+    non-finite loss); a Preempted becomes '<message>' and exit code 143."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from siamjax.errors import UserError
+        from siamjax.errors import Preempted, UserError
 
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            _fail(str(e))
+            _fail(str(e), e.exit_code)
+        except Preempted as e:
+            print(str(e), file=sys.stderr)
+            sys.exit(e.exit_code)
 
     return wrapper

@@ -96,21 +96,24 @@ class Restored(NamedTuple):
 def restore(
     config: ml_collections.ConfigDict, workdir: str, step: int | None, mesh: jax.sharding.Mesh
 ) -> Restored:
-    """The best checkpoint by validation EER (else the latest, or `step`) of `workdir`, read-only,
-    replicated on `mesh`. Another model's workdir, or one without checkpoints, is a UserError."""
+    """The best checkpoint by validation EER (else the newest good one, or `step`) of `workdir`,
+    read-only, replicated on `mesh`. Another model's workdir, or one without checkpoints, is a
+    UserError."""
     check_model_matches(config, workdir)
     ckpt = checkpointing.Checkpointer(workdir, read_only=True)
     try:
-        if step is None:
-            step = ckpt.best_step() or ckpt.latest_step()
-        if step is None:
+        if step is None and ckpt.latest_step() is None:
             raise UserError(f"{ckpt.directory} holds no checkpoint.")
         model = models.create_model(config.model)
         # The whole train state's shapes (optimiser state included): it is what was saved.
-        abstract = jax.eval_shape(lambda r: create_train_state(config, model, r), jax.random.key(0))
-        state, meta = ckpt.restore(
-            step, checkpointing.abstract_with_sharding(abstract, parallel.replicated(mesh))
+        abstract = checkpointing.abstract_with_sharding(
+            jax.eval_shape(lambda r: create_train_state(config, model, r), jax.random.key(0)),
+            parallel.replicated(mesh),
         )
+        if step is None:  # A damaged best checkpoint gives way to the newest good one (warned).
+            step, state, meta = ckpt.restore_latest_good(abstract, prefer=ckpt.best_step())
+        else:  # An explicit step is that step or an error.
+            state, meta = ckpt.restore(step, abstract)
     finally:
         ckpt.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}

@@ -98,7 +98,8 @@ def _pil_to_gray(im: Image.Image) -> np.ndarray:
         return np.asarray(im, dtype=np.float32) * (255.0 / 65535.0)
     if mode in ("I", "F"):
         # 32-bit integer (how PIL hands over some 16-bit files) or float pixels: guess the range.
-        a = np.asarray(im, dtype=np.float32)
+        # NaN is paper and +-Inf the extremes (found by fuzzing: a float TIFF of one NaN pixel).
+        a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=255.0, posinf=1e30, neginf=-1e30)
         top = float(a.max()) if a.size else 0.0
         if mode == "F" and top <= 1.0:
             a = a * 255.0
@@ -291,6 +292,8 @@ def ink_box(
         )
     mask = blurred <= threshold
     labels, n = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:  # Otsu's threshold below every pixel: found by fuzzing (a 2x1 16-bit PNG).
+        raise UserError(f"{name}: no ink found (no pixel is darker than the ink threshold)")
     boxes = ndi.find_objects(labels)
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     small = areas < SMALL_COMPONENT_FRACTION * areas.sum()

@@ -25,8 +25,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from siamjax import augment as augment_lib
-from siamjax import checkpointing, inference, losses, metrics, models, parallel
-from siamjax.errors import UserError
+from siamjax import checkpointing, faults, inference, losses, metrics, models, parallel
+from siamjax.errors import NonFiniteError, Preempted, UserError
 from siamjax.input_pipeline import Data, TrainData
 from siamjax.train_state import TrainState, create_train_state
 
@@ -80,10 +80,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
 
     (loss, (logits, label, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    n = jnp.asarray(label.shape[0], jnp.float32)
+    new = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    # A NaN/Inf step changes nothing but the step counter (siamjax.faults); the loop decides.
+    finite = faults.all_finite(loss, grads, new.params, batch_stats)
+    state = new.replace(params=faults.keep_if_finite(finite, new.params, state.params),
+                        opt_state=faults.keep_if_finite(finite, new.opt_state, state.opt_state),
+                        batch_stats=faults.keep_if_finite(finite, new.batch_stats,
+                                                          state.batch_stats))
+    n = jnp.where(finite, jnp.asarray(label.shape[0], jnp.float32), 0.0)
     correct = jnp.sum(((logits > 0).astype(jnp.int32) == label).astype(jnp.float32))
-    return state, {"loss_sum": loss * n, "correct": correct, "count": n}
+    return state, {"loss_sum": jnp.where(finite, loss * n, 0.0),
+                   "correct": jnp.where(finite, correct, 0.0), "count": n,
+                   **faults.step_flags(finite, new.step)}
 
 
 def state_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
@@ -184,7 +192,17 @@ class _Progress(periodic_actions.ReportProgress):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) in `workdir`; returns the final summary (also in summary.json)."""
+    """Trains (or resumes) in `workdir`; returns the final summary (also in summary.json).
+
+    Raises `Preempted` after checkpointing the current step on SIGTERM, `NonFiniteError` on a
+    NaN/Inf step (unless config.skip_nonfinite_steps), `UserError` on bad input or storage.
+    """
+    with faults.PreemptionWatcher() as preemption:
+        return _train_and_evaluate(config, workdir, preemption)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        preemption: faults.PreemptionWatcher) -> dict[str, Any]:
     parallel.maybe_initialize_distributed()
     losses.check_loss(config.loss, config.model.combine)
     workdir = os.path.abspath(workdir)
@@ -204,9 +222,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     model = models.create_model(config.model)
     state, shardings = init_state_on_mesh(config, model, mesh, num_steps)
     ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
-    start = ckpt.latest_step() or 0
-    if start:
-        state, _ = ckpt.restore(start, checkpointing.abstract_with_sharding(state, shardings))
+    start, skipped_before = 0, 0
+    if ckpt.latest_step():
+        start, state, meta = ckpt.restore_latest_good(
+            checkpointing.abstract_with_sharding(state, shardings))
+        skipped_before = int(meta.get("skipped_nonfinite_steps") or 0)
         logging.info("resumed from the checkpoint of step %d", start)
     else:
         logging.info("model: %s encoder, %d parameters", config.model.encoder,
@@ -229,13 +249,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # device never waits for data.
     spent = {"input_s": 0.0, "validation_s": 0.0, "checkpoint_s": 0.0}
     sums, val = None, {}
+    guard = faults.NonFiniteGuard(config.skip_nonfinite_steps, skipped_before)
+    saved = start or None
     for step in range(start + 1, num_steps + 1):
         with _timed(spent, "input_s", report):
             batch = parallel.to_global(next(batches), mesh)
         state, m = step_fn(state, batch)
+        m = guard.add(m)
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
         last = step == num_steps
         logged = step % config.log_every_steps == 0 or last
+        stop = preemption.should_stop(step % config.log_every_steps == 0)
+        evaluated = step % config.eval_every_steps == 0 or last
+        save = step % config.checkpoint_every_steps == 0 or last or evaluated or stop
+        if logged or save:
+            _check_finite(guard, step, saved, ckpt, writer)
         if logged:
             s = jax.device_get(sums)  # Waits for the step: the report's rate is of finished steps.
         report(step)  # Reports on the same steps (every log_every_steps, and the last).
@@ -246,7 +274,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             logging.info("step %d/%d: loss %.4f, accuracy %.3f | %.0f pairs/s", step, num_steps,
                          scalars["train_loss"], scalars["train_accuracy"], report.pairs_per_sec)
             sums = None
-        evaluated = step % config.eval_every_steps == 0 or last
         if evaluated:
             with _timed(spent, "validation_s", report):
                 val = _validate(scorer, state, data)
@@ -255,14 +282,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             logging.info("step %d validation: EER %.2f%% (skilled), EER %.2f%% (random), "
                          "AUC %.4f, accuracy %.3f", step, 100 * val["eer"],
                          100 * val["eer_random"], val["auc"], val["accuracy"])
-        if step % config.checkpoint_every_steps == 0 or last or evaluated:
+        if save:
             meta = {"step": step, "val_threshold": val.get("threshold") if evaluated else None,
                     "prior_positive": data.prior_positive,
                     "val_metrics": val if evaluated else None,
-                    "model": inference.model_fingerprint(config)}
+                    "model": inference.model_fingerprint(config),
+                    "skipped_nonfinite_steps": guard.skipped}
             with _timed(spent, "checkpoint_s", report):
                 ckpt.save(step, state, metrics.jsonable(meta),
                           metrics={checkpointing.BEST_METRIC: val["eer"]} if evaluated else None)
+            saved = step
+        if stop and not last:
+            ckpt.close()
+            writer.flush()
+            raise Preempted(step, ckpt.directory)
     with _timed(spent, "checkpoint_s", report):
         ckpt.wait()
     writer.flush()
@@ -270,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     wall = time.perf_counter() - t_start
     spent["steps_s"] = wall - sum(spent.values())  # Dispatch and compute of the train steps.
     summary = {"final_step": num_steps, "best_step": best, "wall_seconds": wall,
-               "time_breakdown": spent,
+               "time_breakdown": spent, "skipped_nonfinite_steps": guard.skipped,
                "validation": metrics.jsonable(val), "checkpoint_dir": ckpt.directory}
     if jax.process_index() == 0 and val:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -283,6 +316,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      spent["checkpoint_s"], 100 * val["eer"], best, ckpt.directory)
     ckpt.close()
     return summary
+
+
+def _check_finite(guard: faults.NonFiniteGuard, step: int, saved: int | None,
+                  ckpt: checkpointing.Checkpointer, writer: Any) -> None:
+    """guard.check; when it stops training, the good saves in flight finish first."""
+    try:
+        guard.check(step, saved, ckpt.directory)
+    except NonFiniteError:
+        ckpt.close()
+        writer.flush()
+        raise
 
 
 @contextlib.contextmanager
