@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 
+import ml_collections
 import pytest
 
 DATA_DIR_ENV = "SIAMJAX_DATA_DIR"
@@ -30,3 +31,28 @@ def real_data_path(*parts: str) -> pathlib.Path:
 def real_data_dir() -> pathlib.Path:
     """The folder holding sigcomp2011/, cedar/ and originals/; skips the test when absent."""
     return real_data_path()
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory) -> str:
+    """One TFDS data dir for the whole session: each synthetic dataset is rendered once."""
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tfds_dir, tmp_path_factory) -> tuple[ml_collections.ConfigDict, str]:
+    """(config, workdir) of `configs/synthetic.py:tiny` trained once for the whole session.
+
+    Test modules that only read a trained workdir (evaluate it, verify with it, compare against
+    it) share this one instead of each training their own. Do not train on in it; take
+    `config.copy_and_resolve_references()` before changing the config.
+    """
+    from configs import synthetic
+    from siamjax import cli, train_lib
+
+    cli.hide_gpus_from_tensorflow()
+    cfg = synthetic.get_config("tiny")
+    cfg.tfds_data_dir = tfds_dir
+    workdir = str(tmp_path_factory.mktemp("tiny_run"))
+    train_lib.train_and_evaluate(cfg, workdir)
+    return cfg, workdir

@@ -32,11 +32,6 @@ def _cfg(tfds_dir, **overrides):
 
 
 @pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
 def trained(tfds_dir, tmp_path_factory):
     """An uninterrupted 12-step run with checkpoints at 4, 6 (validation), 8 and 12."""
     wd = str(tmp_path_factory.mktemp("trained"))

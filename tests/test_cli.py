@@ -19,11 +19,6 @@ def _run(*args, tfds_dir, timeout=600):
                           text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
-
-
 @pytest.mark.slow
 def test_train_then_eval(tmp_path, tfds_dir):
     wd = tmp_path / "run"

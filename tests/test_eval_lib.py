@@ -8,17 +8,15 @@ import numpy as np
 import pytest
 
 from configs import synthetic
-from siamjax import eval_lib, inference, models, pairs, parallel, train_lib
+from siamjax import eval_lib, inference, models, pairs, parallel
 from siamjax.input_pipeline import Data
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    cfg = synthetic.get_config("tiny")
-    cfg.tfds_data_dir = str(tmp_path_factory.mktemp("tfds"))
-    workdir = str(tmp_path_factory.mktemp("run"))
-    train_lib.train_and_evaluate(cfg, workdir)
-    return cfg, workdir
+@pytest.fixture
+def trained(tiny_run):
+    """The session's trained tiny workdir, with a config of this test's own."""
+    cfg, workdir = tiny_run
+    return cfg.copy_and_resolve_references(), workdir
 
 
 def test_k_references_with_per_writer_thresholds(trained):

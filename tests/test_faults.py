@@ -17,11 +17,6 @@ from siamjax.errors import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteError, Preem
 BAD_FROM = 6  # The step whose update first goes to infinity.
 
 
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
 def _cfg(tfds_dir, **overrides):
     cfg = synthetic.get_config("tiny")
     cfg.tfds_data_dir = tfds_dir

@@ -179,11 +179,6 @@ def test_the_metric_losses_refuse_a_head_that_does_not_score_distances(tmp_path)
 # ---- End to end ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
 def test_train_data_batches_triplets_only_for_the_triplet_loss(tfds_dir):
     from siamjax.input_pipeline import Data, TrainData
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 
 import jax
 import numpy as np
@@ -10,11 +11,6 @@ import pytest
 from configs import synthetic
 from siamjax import checkpointing, train_lib
 from siamjax.errors import UserError
-
-
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
 
 
 def _cfg(tfds_dir, **overrides):
@@ -40,23 +36,24 @@ def _final_state(cfg, workdir):
     return jax.device_get(variables), step
 
 
-def test_resumed_training_equals_uninterrupted_training(tfds_dir, tmp_path):
-    full = _cfg(tfds_dir)
-    summary = train_lib.train_and_evaluate(full, str(tmp_path / "full"))
+def test_resumed_training_equals_uninterrupted_training(tiny_run, tfds_dir, tmp_path):
+    full, full_dir = tiny_run  # The session's uninterrupted run of this config.
+    assert full.to_dict() == _cfg(tfds_dir).to_dict()
+    summary = json.loads(open(os.path.join(full_dir, "summary.json")).read())
     assert summary["final_step"] == 12 and np.isfinite(summary["validation"]["eer"])
 
     half = _cfg(tfds_dir, num_train_steps=7)  # Stops between two checkpoints' steps.
     train_lib.train_and_evaluate(half, str(tmp_path / "resumed"))
-    train_lib.train_and_evaluate(full, str(tmp_path / "resumed"))
+    train_lib.train_and_evaluate(_cfg(tfds_dir), str(tmp_path / "resumed"))
 
-    a, step_a = _final_state(full, tmp_path / "full")
+    a, step_a = _final_state(full, full_dir)
     b, step_b = _final_state(full, tmp_path / "resumed")
     assert step_a == step_b == 12
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
     # The workdir has what the README promises.
-    wd = tmp_path / "full"
+    wd = pathlib.Path(full_dir)
     assert (wd / "config.json").exists() and (wd / "summary.json").exists()
     assert (wd / "pairs" / "validation.json").exists() and (wd / "pairs" / "test.json").exists()
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd))

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import synthetic as synthetic_config
 from siamjax import synthetic, verify
 from siamjax.errors import UserError
 
@@ -36,15 +35,8 @@ DECISION_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> str:
-    from siamjax import cli, train_lib
-
-    cli.hide_gpus_from_tensorflow()
-    base = tmp_path_factory.mktemp("verify_run")
-    cfg = synthetic_config.get_config("tiny")
-    cfg.tfds_data_dir = str(base / "tfds")
-    train_lib.train_and_evaluate(cfg, str(base / "workdir"))
-    return str(base / "workdir")
+def workdir(tiny_run) -> str:
+    return tiny_run[1]
 
 
 def _scan(writer: int, index: int) -> Image.Image:
