@@ -15,8 +15,9 @@ from ml_collections import config_flags
 from siamjax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "The config the workdir was trained with.",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "The config the workdir was trained with.", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Workdir of a training run.")
 flags.DEFINE_enum("split", "test", ["validation", "test"], "Split to evaluate.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: best by validation EER).")

@@ -12,8 +12,9 @@ from ml_collections import config_flags
 from siamjax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py[:variant]).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and evaluation outputs.")
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -26,11 +26,13 @@ from siamjax import conv, pool  # noqa: E402
 
 DN = ("NHWC", "HWIO", "NHWC")
 # name, input HxW, Cin, Cout, kernel, stride, padding: SigNet at 150x220.
-LAYERS = [("conv0", (150, 220), 1, 96, 11, 4, ((0, 0), (0, 0))),
-          ("conv1", (17, 26), 96, 256, 5, 1, ((2, 2), (2, 2))),
-          ("conv2", (8, 12), 256, 384, 3, 1, ((1, 1), (1, 1))),
-          ("conv3", (8, 12), 384, 384, 3, 1, ((1, 1), (1, 1))),
-          ("conv4", (8, 12), 384, 256, 3, 1, ((1, 1), (1, 1)))]
+LAYERS = [
+    ("conv0", (150, 220), 1, 96, 11, 4, ((0, 0), (0, 0))),
+    ("conv1", (17, 26), 96, 256, 5, 1, ((2, 2), (2, 2))),
+    ("conv2", (8, 12), 256, 384, 3, 1, ((1, 1), (1, 1))),
+    ("conv3", (8, 12), 384, 384, 3, 1, ((1, 1), (1, 1))),
+    ("conv4", (8, 12), 384, 256, 3, 1, ((1, 1), (1, 1))),
+]
 POOLS = [("pool0", (35, 53, 96)), ("pool1", (17, 26, 256)), ("pool2", (8, 12, 256))]
 
 
@@ -56,24 +58,48 @@ def main() -> None:
         x = jnp.asarray(rng.random((a.images, *hw, cin)), jnp.float32)
         w = jnp.asarray(rng.random((k, k, cin, cout)) * 0.01, jnp.float32)
         dy = jnp.ones_like(lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=DN))
-        fns = {"xla": jax.jit(lambda x, dy, w=w, s=s, pads=pads: jax.vjp(
-                   lambda w_: lax.conv_general_dilated(x, w_, (s, s), pads, dimension_numbers=DN),
-                   w)[1](dy)[0]),
-               "matmul_dw": jax.jit(lambda x, dy, k=k, s=s, pads=pads: conv.weight_grad(
-                   x, dy, (k, k), (s, s), pads))}
-        print(json.dumps({"lever": "conv_weight_grad", "layer": name,
-                          **interleaved(fns, (x, dy), a.repeats)}), flush=True)
+        fns = {
+            "xla": jax.jit(
+                lambda x, dy, w=w, s=s, pads=pads: jax.vjp(
+                    lambda w_: lax.conv_general_dilated(x, w_, (s, s), pads, dimension_numbers=DN),
+                    w,
+                )[1](dy)[0]
+            ),
+            "matmul_dw": jax.jit(
+                lambda x, dy, k=k, s=s, pads=pads: conv.weight_grad(x, dy, (k, k), (s, s), pads)
+            ),
+        }
+        print(
+            json.dumps(
+                {"lever": "conv_weight_grad", "layer": name, **interleaved(fns, (x, dy), a.repeats)}
+            ),
+            flush=True,
+        )
     for name, shape in POOLS:
         x = jnp.asarray(np.maximum(rng.normal(size=(a.images, *shape)), 0), jnp.float32)
         dy = jnp.ones_like(nn.max_pool(x, (3, 3), strides=(2, 2)))
-        fns = {"xla": jax.jit(lambda x, dy: jax.vjp(
-                   lambda x_: nn.max_pool(x_, (3, 3), strides=(2, 2)), x)[1](dy)[0]),
-               "slices": jax.jit(lambda x, dy: jax.vjp(
-                   lambda x_: pool.max_pool(x_, (3, 3), (2, 2)), x)[1](dy)[0])}
-        print(json.dumps({"lever": "max_pool_grad", "pool": name,
-                          **interleaved(fns, (x, dy), a.repeats)}), flush=True)
-    print(json.dumps({"lever": "train_step", "batch": a.images // 2,
-                      **_steps(a.images // 2, a.repeats)}), flush=True)
+        fns = {
+            "xla": jax.jit(
+                lambda x, dy: jax.vjp(lambda x_: nn.max_pool(x_, (3, 3), strides=(2, 2)), x)[1](dy)[
+                    0
+                ]
+            ),
+            "slices": jax.jit(
+                lambda x, dy: jax.vjp(lambda x_: pool.max_pool(x_, (3, 3), (2, 2)), x)[1](dy)[0]
+            ),
+        }
+        print(
+            json.dumps(
+                {"lever": "max_pool_grad", "pool": name, **interleaved(fns, (x, dy), a.repeats)}
+            ),
+            flush=True,
+        )
+    print(
+        json.dumps(
+            {"lever": "train_step", "batch": a.images // 2, **_steps(a.images // 2, a.repeats)}
+        ),
+        flush=True,
+    )
 
 
 def _steps(batch: int, repeats: int) -> dict:
@@ -83,9 +109,14 @@ def _steps(batch: int, repeats: int) -> dict:
     mesh = parallel.make_mesh()
     rng = np.random.default_rng(0)
     shape = (batch, 150, 220, 1)
-    data = parallel.to_global({"image_a": rng.integers(0, 256, shape, dtype=np.uint8),
-                               "image_b": rng.integers(0, 256, shape, dtype=np.uint8),
-                               "label": rng.integers(0, 2, batch).astype(np.int32)}, mesh)
+    data = parallel.to_global(
+        {
+            "image_a": rng.integers(0, 256, shape, dtype=np.uint8),
+            "image_b": rng.integers(0, 256, shape, dtype=np.uint8),
+            "label": rng.integers(0, 2, batch).astype(np.int32),
+        },
+        mesh,
+    )
     steps = {}
     for impl in ("xla", "matmul_dw"):
         cfg = sigcomp.get_config()
@@ -98,6 +129,7 @@ def _steps(batch: int, repeats: int) -> dict:
             fn, state = steps[impl]
             steps[impl][1], metrics = fn(state, batch)
             return metrics
+
         return f
 
     return interleaved({k: run(k) for k in steps}, (data,), repeats)

@@ -1,6 +1,6 @@
 """The original design on CEDAR (official full_org/ + full_forg/ layout), writer-disjoint.
 
-    SIAMJAX_DATA_DIR=/path/to/datasets python train.py --config=configs/cedar.py --workdir=W
+SIAMJAX_DATA_DIR=/path/to/datasets python train.py --config=configs/cedar.py --workdir=W
 """
 
 from configs import sigcomp

@@ -1,6 +1,6 @@
 """GPDS (e.g. GPDS-960 gray) through `signature_folder`: <w>/c-<w>-NN.jpg genuine, cf-... forged.
 
-    SIAMJAX_DATA_DIR=/path/to/datasets python train.py --config=configs/gpds.py --workdir=W
+SIAMJAX_DATA_DIR=/path/to/datasets python train.py --config=configs/gpds.py --workdir=W
 """
 
 from configs import sigcomp

@@ -47,8 +47,9 @@ def _blur_axis(images: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
     n = images.shape[axis]
     out = jnp.zeros_like(images)
     for t, weight in enumerate(taps):
-        out = out + jnp.asarray(weight, images.dtype) * jax.lax.slice_in_dim(padded, t, t + n,
-                                                                             axis=axis)
+        out = out + jnp.asarray(weight, images.dtype) * jax.lax.slice_in_dim(
+            padded, t, t + n, axis=axis
+        )
     return out
 
 
@@ -67,7 +68,8 @@ def _shift(images: jax.Array, d: jax.Array, max_shift: int) -> jax.Array:
     padded = jnp.pad(images, ((0, 0), (m, m), (m, m), (0, 0)))
     start = (m - d).astype(jnp.int32)
     return jax.vmap(lambda im, s: jax.lax.dynamic_slice(im, (s[0], s[1], 0), (h, w, 1)))(
-        padded, start)
+        padded, start
+    )
 
 
 def affine(image: jax.Array, matrix: jax.Array) -> jax.Array:

@@ -58,8 +58,10 @@ def _files_under(step_dir: str) -> list[str]:
 
 def write_digest(step_dir: str) -> None:
     """Records every file's size and CRC-32 in <step_dir>/siamjax_digest.json (atomically)."""
-    files = {rel: [os.path.getsize(os.path.join(step_dir, rel)),
-                   _crc32(os.path.join(step_dir, rel))] for rel in _files_under(step_dir)}
+    files = {
+        rel: [os.path.getsize(os.path.join(step_dir, rel)), _crc32(os.path.join(step_dir, rel))]
+        for rel in _files_under(step_dir)
+    }
     tmp = os.path.join(step_dir, "." + DIGEST_FILE + ".tmp")
     with open(tmp, "w") as f:
         json.dump({"files": files}, f)
@@ -96,19 +98,27 @@ class _NewestVerified:
     directory: str
 
     def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
-        verified = [os.path.exists(os.path.join(self.directory, str(c.step), DIGEST_FILE))
-                    for c in checkpoints]
+        verified = [
+            os.path.exists(os.path.join(self.directory, str(c.step), DIGEST_FILE))
+            for c in checkpoints
+        ]
         newest = max((i for i, v in enumerate(verified) if v), default=None)
         return [i == newest for i in range(len(checkpoints))]
 
 
 def _storage_error(directory: str, e: OSError) -> UserError:
     """One line naming the folder; ENOSPC and EACCES say what to do."""
-    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-            errno.EACCES: "permission denied", errno.EROFS: "the file system is read-only",
-            errno.EPERM: "permission denied"}.get(e.errno, e.strerror or str(e))
-    return UserError(f"cannot save a checkpoint in {directory}: {what}; the checkpoints saved "
-                     "before are intact (free space or fix permissions, then rerun to resume).")
+    what = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EACCES: "permission denied",
+        errno.EROFS: "the file system is read-only",
+        errno.EPERM: "permission denied",
+    }.get(e.errno, e.strerror or str(e))
+    return UserError(
+        f"cannot save a checkpoint in {directory}: {what}; the checkpoints saved "
+        "before are intact (free space or fix permissions, then rerun to resume)."
+    )
 
 
 def _oserror_in(e: BaseException) -> OSError | None:
@@ -135,26 +145,41 @@ class Checkpointer:
     def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         if read_only and not os.path.isdir(self.directory):
-            raise UserError(f"{workdir} holds no checkpoints ({self.directory} does not exist): "
-                            "train first, or pass the workdir of a training run.")
-        keep_policy = policies.AnyPreservationPolicy([
-            policies.LatestN(n=keep), _NewestVerified(self.directory),
-            policies.BestN(get_metric_fn=_best_fn, reverse=True, n=1,
-                           keep_checkpoints_without_metrics=False),
-        ])
+            raise UserError(
+                f"{workdir} holds no checkpoints ({self.directory} does not exist): "
+                "train first, or pass the workdir of a training run."
+            )
+        keep_policy = policies.AnyPreservationPolicy(
+            [
+                policies.LatestN(n=keep),
+                _NewestVerified(self.directory),
+                policies.BestN(
+                    get_metric_fn=_best_fn,
+                    reverse=True,
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                ),
+            ]
+        )
         options = ocp.CheckpointManagerOptions(
-            read_only=read_only, preservation_policy=None if read_only else keep_policy,
-            best_fn=_best_fn, best_mode="min", create=not read_only,
+            read_only=read_only,
+            preservation_policy=None if read_only else keep_policy,
+            best_fn=_best_fn,
+            best_mode="min",
+            create=not read_only,
             cleanup_tmp_directories=not read_only,  # Saves a crash interrupted: never restored.
-            enable_async_checkpointing=not read_only)
-        if not read_only and os.path.exists(self.directory) and not os.path.isdir(
-                self.directory):
-            raise UserError(f"{self.directory} is a file, not a folder: cannot save checkpoints "
-                            "there; use another --workdir.")
+            enable_async_checkpointing=not read_only,
+        )
+        if not read_only and os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise UserError(
+                f"{self.directory} is a file, not a folder: cannot save checkpoints "
+                "there; use another --workdir."
+            )
         for attempt in range(5):
             try:
-                self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                                     item_names=("state", "meta"))
+                self.manager = ocp.CheckpointManager(
+                    self.directory, options=options, item_names=("state", "meta")
+                )
                 break
             except FileNotFoundError as e:
                 # A reader beside a trainer: a step was deleted between listing and reading it.
@@ -176,8 +201,9 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, meta: dict[str, Any],
-             metrics: dict[str, float] | None = None) -> None:
+    def save(
+        self, step: int, state: Any, meta: dict[str, Any], metrics: dict[str, float] | None = None
+    ) -> None:
         """Starts an asynchronous save of `state` and `meta` at `step` (force: every call saves).
 
         orbax first waits for the previous save, which is then digested. A failure to write
@@ -185,10 +211,16 @@ class Checkpointer:
         """
         self._guarded(self.manager.wait_until_finished)
         self._digest_finished()
-        self._guarded(lambda: self.manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(meta)),
-            metrics=metrics, force=True))
+        self._guarded(
+            lambda: self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                metrics=metrics,
+                force=True,
+            )
+        )
         self._undigested.append(step)
 
     def _guarded(self, fn):
@@ -228,8 +260,9 @@ class Checkpointer:
                 return step
         return None
 
-    def restore_latest_good(self, abstract_state: Any, prefer: int | None = None
-                            ) -> tuple[int, Any, dict[str, Any]]:
+    def restore_latest_good(
+        self, abstract_state: Any, prefer: int | None = None
+    ) -> tuple[int, Any, dict[str, Any]]:
         """(step, state, meta) of `prefer` (default: the latest step) or, when that one is
         damaged, of the newest step that is intact, with a warning naming both.
 
@@ -247,8 +280,9 @@ class Checkpointer:
                 prefer = None
         return self._restore_latest_good(abstract_state, prefer)
 
-    def _restore_latest_good(self, abstract_state: Any, prefer: int | None
-                             ) -> tuple[int, Any, dict[str, Any]]:
+    def _restore_latest_good(
+        self, abstract_state: Any, prefer: int | None
+    ) -> tuple[int, Any, dict[str, Any]]:
         steps = sorted(self.manager.all_steps(), reverse=True)
         if not steps:
             raise UserError(f"{self.directory} holds no checkpoint.")
@@ -264,7 +298,8 @@ class Checkpointer:
                     problem, err = _first_line(e).split(": ", 1)[-1], e
                 else:
                     if self._writable and not os.path.exists(
-                            os.path.join(self.directory, str(step), DIGEST_FILE)):
+                        os.path.join(self.directory, str(step), DIGEST_FILE)
+                    ):
                         # Committed, read back whole, but the process died before its digest.
                         self._undigested.append(step)
                         self._digest_finished()
@@ -272,9 +307,14 @@ class Checkpointer:
                         self._set_aside([s for s, _, _ in failures if s > step])
                     if failures:
                         bad = "; ".join(f"step {s}: {p}" for s, p, _ in failures)
-                        logging.warning("checkpoint step %d in %s is damaged (%s); restored step "
-                                        "%d, the newest good one", failures[0][0],
-                                        self.directory, bad, step)
+                        logging.warning(
+                            "checkpoint step %d in %s is damaged (%s); restored step "
+                            "%d, the newest good one",
+                            failures[0][0],
+                            self.directory,
+                            bad,
+                            step,
+                        )
                     return step, state, meta
             else:
                 err = None
@@ -291,22 +331,33 @@ class Checkpointer:
         A checkpoint of another model (other shapes or tree) becomes a UserError naming the folder.
         """
         if step not in self.manager.all_steps():
-            raise UserError(f"no checkpoint of step {step} in {self.directory}; there are "
-                            f"{sorted(self.manager.all_steps())}.")
+            raise UserError(
+                f"no checkpoint of step {step} in {self.directory}; there are "
+                f"{sorted(self.manager.all_steps())}."
+            )
         problem = self.step_problem(step)
         if problem:
-            raise UserError(f"the checkpoint in {self.directory} (step {step}) is damaged: "
-                            f"{problem}.")
+            raise UserError(
+                f"the checkpoint in {self.directory} (step {step}) is damaged: {problem}."
+            )
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                ),
+            )
         except (ValueError, KeyError, TypeError) as e:
             first = one_line(e, lines="first")
-            raise UserError(f"the checkpoint in {self.directory} (step {step}) does not fit this "
-                            f"model's config: {first[:300]}") from e
+            raise UserError(
+                f"the checkpoint in {self.directory} (step {step}) does not fit this "
+                f"model's config: {first[:300]}"
+            ) from e
         except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exception on bad files.
-            raise UserError(f"the checkpoint in {self.directory} (step {step}) cannot be read "
-                            f"(damaged?): {_first_line(e)}") from e
+            raise UserError(
+                f"the checkpoint in {self.directory} (step {step}) cannot be read "
+                f"(damaged?): {_first_line(e)}"
+            ) from e
         return restored["state"], dict(restored["meta"])
 
     def _set_aside(self, steps: list[int]) -> None:
@@ -326,8 +377,9 @@ class Checkpointer:
         self.manager.reload()
 
     def restore_meta(self, step: int) -> dict[str, Any]:
-        return dict(self.manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"])
+        return dict(
+            self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        )
 
     def wait(self) -> None:
         self._guarded(self.manager.wait_until_finished)
@@ -339,10 +391,14 @@ class Checkpointer:
         """Applies the keep rules once the last save is digested: orbax applies them only while
         saving, when the newest step was not yet verified and an older one was kept for it."""
         steps = sorted(self.manager.all_steps())
-        verified = [s for s in steps if os.path.exists(
-            os.path.join(self.directory, str(s), DIGEST_FILE))]
-        keep = (set(steps[max(len(steps) - self._keep, 0):]) | {self.manager.best_step()}
-                | set(verified[-1:]))
+        verified = [
+            s for s in steps if os.path.exists(os.path.join(self.directory, str(s), DIGEST_FILE))
+        ]
+        keep = (
+            set(steps[max(len(steps) - self._keep, 0) :])
+            | {self.manager.best_step()}
+            | set(verified[-1:])
+        )
         for step in steps:
             if step not in keep:
                 self.manager.delete(step)
@@ -361,5 +417,4 @@ def _first_line(e: BaseException) -> str:
 
 def abstract_with_sharding(state: Any, sharding: jax.sharding.Sharding) -> Any:
     """ShapeDtypeStructs of a state with one sharding, for restoring straight onto the mesh."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        state)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)

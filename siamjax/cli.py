@@ -55,8 +55,10 @@ def parse_flags(argv: list[str]) -> list[str]:
         _fail(f"{_first_line(e)} {_last_line(e)}" if "\n" in str(e).strip() else str(e))
     except (KeyError, AttributeError, ValueError, TypeError) as e:
         bad = [a for a in argv[1:] if a.startswith("--config.")]
-        _fail(f"{' '.join(bad) or '--config'}: unknown key or bad value ({_first_line(e)}); "
-              "see configs/default.py for every key.")
+        _fail(
+            f"{' '.join(bad) or '--config'}: unknown key or bad value ({_first_line(e)}); "
+            "see configs/default.py for every key."
+        )
     config_arg = next((a for a in argv[1:] if a.startswith("--config=")), "--config")
     try:
         flags.FLAGS.config.keys()  # A config that failed to load raises its error here.

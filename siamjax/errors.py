@@ -39,8 +39,10 @@ class Preempted(Exception):  # noqa: N818 - not an error: the run stopped on req
     exit_code = EXIT_PREEMPTED
 
     def __init__(self, step: int, directory: str):
-        super().__init__(f"preempted (SIGTERM): saved step {step} in {directory}; rerun the same "
-                         "command to continue.")
+        super().__init__(
+            f"preempted (SIGTERM): saved step {step} in {directory}; rerun the same "
+            "command to continue."
+        )
         self.step = step
 
 

@@ -26,9 +26,23 @@ from siamjax.datasets import registry
 from siamjax.errors import UserError
 from siamjax.input_pipeline import Data
 
-TABLE_KEYS = ("accuracy", "frr", "far_skilled", "far_random", "eer", "eer_random", "eer_user",
-              "auc", "auc_random", "cllr", "min_cllr", "oracle_accuracy", "threshold",
-              "swap_mean_change", "swap_flip_rate")
+TABLE_KEYS = (
+    "accuracy",
+    "frr",
+    "far_skilled",
+    "far_random",
+    "eer",
+    "eer_random",
+    "eer_user",
+    "auc",
+    "auc_random",
+    "cllr",
+    "min_cllr",
+    "oracle_accuracy",
+    "threshold",
+    "swap_mean_change",
+    "swap_flip_rate",
+)
 WORST_PAIRS = 8  # Worst false accepts and worst false rejects shown in worst_pairs.png.
 
 
@@ -37,8 +51,9 @@ def trials_for(data: Data, split: str, config: ml_collections.ConfigDict) -> pai
     k = config.eval.references
     if k == 1:
         return pairs_lib.pairs_as_trials(data.eval_pairs[split])
-    return pairs_lib.reference_trials(data.catalog.writer, data.catalog.is_genuine,
-                                      data.indices[split], k, config.seed)
+    return pairs_lib.reference_trials(
+        data.catalog.writer, data.catalog.is_genuine, data.indices[split], k, config.seed
+    )
 
 
 def eval_dataset_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -50,8 +65,10 @@ def eval_dataset_config(config: ml_collections.ConfigDict) -> ml_collections.Con
     if not config.eval.dataset:
         return config
     if config.eval.dataset not in registry.DATASETS:
-        raise UserError(f"config.eval.dataset={config.eval.dataset!r}; use '' (the training "
-                        f"dataset) or one of {registry.DATASETS}.")
+        raise UserError(
+            f"config.eval.dataset={config.eval.dataset!r}; use '' (the training "
+            f"dataset) or one of {registry.DATASETS}."
+        )
     target = config.copy_and_resolve_references()
     target.dataset = config.eval.dataset
     return target
@@ -63,23 +80,26 @@ def eval_dir(config: ml_collections.ConfigDict, workdir: str, split: str) -> str
     return os.path.join(workdir, "eval", name)
 
 
-def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str = "test",
-                   step: int | None = None) -> dict[str, Any]:
+def run_evaluation(
+    config: ml_collections.ConfigDict, workdir: str, split: str = "test", step: int | None = None
+) -> dict[str, Any]:
     """Evaluates `split` ('validation' or 'test') of the training dataset, or of
     config.eval.dataset; writes `eval_dir(...)` and returns the metrics dict."""
     if split not in ("validation", "test"):
         raise UserError(f"--split={split!r}; use 'validation' or 'test'.")
     if config.eval.fusion not in metrics.FUSE_METHODS:
-        raise UserError(f"config.eval.fusion={config.eval.fusion!r}; use one of "
-                        f"{metrics.FUSE_METHODS}.")
+        raise UserError(
+            f"config.eval.fusion={config.eval.fusion!r}; use one of {metrics.FUSE_METHODS}."
+        )
     workdir = os.path.abspath(workdir)
     target_config = eval_dataset_config(config)
     mesh = parallel.make_mesh()
     model, variables, step, meta = inference.restore(config, workdir, step, mesh)
     data = Data(target_config)
     if split not in data.eval_pairs:
-        raise UserError(f"the {split} split of {target_config.dataset} has no writers under "
-                        "config.split.")
+        raise UserError(
+            f"the {split} split of {target_config.dataset} has no writers under config.split."
+        )
     # The training dataset, for its validation split: built only when the threshold (or the
     # prior) is not stored with the checkpoint.
     train_data = data if target_config is config else None
@@ -95,8 +115,11 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str =
         trials = trials_for(d, name, config)
         images = d.catalog.images
         scores = inference.trial_scores(scorer, variables, images, trials, config.eval.fusion)
-        offsets = (inference.enrollment_means(scorer, variables, images, trials)
-                   if config.eval.user_thresholds else None)
+        offsets = (
+            inference.enrollment_means(scorer, variables, images, trials)
+            if config.eval.user_thresholds
+            else None
+        )
         return trials, scores, offsets
 
     per_writer = bool(config.eval.user_thresholds)
@@ -126,8 +149,13 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, split: str =
     return results
 
 
-def swap_effect(scorer: inference.Scorer, variables: Any, images: np.ndarray,
-                trials: pairs_lib.Trials, threshold: float) -> dict[str, float]:
+def swap_effect(
+    scorer: inference.Scorer,
+    variables: Any,
+    images: np.ndarray,
+    trials: pairs_lib.Trials,
+    threshold: float,
+) -> dict[str, float]:
     """What changes when the two images of a pair trade places (first reference of each trial).
 
     A verifier should not care which of two signatures is called the reference: with `absdiff`
@@ -136,33 +164,50 @@ def swap_effect(scorer: inference.Scorer, variables: Any, images: np.ndarray,
     `swap_flip_rate`: share of pairs whose decision at `threshold` changes.
     """
     a, b = trials.references[:, 0], trials.questioned
-    both = pairs_lib.Pairs(np.concatenate([a, b]).astype(np.int32),
-                           np.concatenate([b, a]).astype(np.int32),
-                           np.concatenate([trials.label, trials.label]).astype(np.int32),
-                           np.concatenate([trials.kind, trials.kind]).astype(np.int32))
+    both = pairs_lib.Pairs(
+        np.concatenate([a, b]).astype(np.int32),
+        np.concatenate([b, a]).astype(np.int32),
+        np.concatenate([trials.label, trials.label]).astype(np.int32),
+        np.concatenate([trials.kind, trials.kind]).astype(np.int32),
+    )
     p = inference.probabilities(scorer.logits(variables, images, both))
-    forward, swapped = p[: len(trials)], p[len(trials):]
-    return {"swap_mean_change": float(np.mean(np.abs(forward - swapped))),
-            "swap_flip_rate": float(np.mean((forward >= threshold) != (swapped >= threshold)))}
+    forward, swapped = p[: len(trials)], p[len(trials) :]
+    return {
+        "swap_mean_change": float(np.mean(np.abs(forward - swapped))),
+        "swap_flip_rate": float(np.mean((forward >= threshold) != (swapped >= threshold))),
+    }
 
 
 def _shifted(scores: np.ndarray, delta: np.ndarray) -> np.ndarray:
     return np.clip(scores + delta, 1e-6, 1.0 - 1e-6)
 
 
-def write_outputs(out_dir: str, config: ml_collections.ConfigDict, step: int,
-                  results: dict[str, float], scores: np.ndarray, trials: pairs_lib.Trials,
-                  data: Data, prior: float) -> None:
+def write_outputs(
+    out_dir: str,
+    config: ml_collections.ConfigDict,
+    step: int,
+    results: dict[str, float],
+    scores: np.ndarray,
+    trials: pairs_lib.Trials,
+    data: Data,
+    prior: float,
+) -> None:
     """metrics.json, scores.csv and the figures (ROC, DET, histograms, worst pairs)."""
     os.makedirs(out_dir, exist_ok=True)
     cat = data.catalog
     llrs = metrics.llr(scores, prior)
-    doc = {"metrics": metrics.jsonable(results), "checkpoint_step": int(step),
-           "pair_counts": trials.counts(), "references": int(trials.references.shape[1]),
-           "fusion": config.eval.fusion, "user_thresholds": bool(config.eval.user_thresholds),
-           "prior_positive": prior, "dataset": config.eval.dataset or config.dataset,
-           "trained_on": config.dataset,
-           "config": json.loads(config.to_json_best_effort())}
+    doc = {
+        "metrics": metrics.jsonable(results),
+        "checkpoint_step": int(step),
+        "pair_counts": trials.counts(),
+        "references": int(trials.references.shape[1]),
+        "fusion": config.eval.fusion,
+        "user_thresholds": bool(config.eval.user_thresholds),
+        "prior_positive": prior,
+        "dataset": config.eval.dataset or config.dataset,
+        "trained_on": config.dataset,
+        "config": json.loads(config.to_json_best_effort()),
+    }
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(doc, f, indent=1)
     with open(os.path.join(out_dir, "scores.csv"), "w", newline="") as f:
@@ -170,18 +215,27 @@ def write_outputs(out_dir: str, config: ml_collections.ConfigDict, step: int,
         w.writerow(["reference", "questioned", "writer", "kind", "label", "score", "llr"])
         for i in range(len(trials)):
             refs = ";".join(cat.path[j] for j in trials.references[i])
-            w.writerow([refs, cat.path[trials.questioned[i]],
-                        cat.writer[trials.references[i, 0]],
-                        pairs_lib.KIND_NAMES[trials.kind[i]], int(trials.label[i]),
-                        f"{scores[i]:.6f}", f"{llrs[i]:.4f}"])
+            w.writerow(
+                [
+                    refs,
+                    cat.path[trials.questioned[i]],
+                    cat.writer[trials.references[i, 0]],
+                    pairs_lib.KIND_NAMES[trials.kind[i]],
+                    int(trials.label[i]),
+                    f"{scores[i]:.6f}",
+                    f"{llrs[i]:.4f}",
+                ]
+            )
     by_kind = {name: scores[trials.kind == k] for k, name in enumerate(pairs_lib.KIND_NAMES)}
     negatives = {k: v for k, v in by_kind.items() if k != "genuine" and len(v)}
     t = results["threshold"]
     plots.plot_roc(os.path.join(out_dir, "roc.png"), by_kind["genuine"], negatives, threshold=t)
     plots.plot_det(os.path.join(out_dir, "det.png"), by_kind["genuine"], negatives, threshold=t)
     plots.plot_histograms(os.path.join(out_dir, "histograms.png"), by_kind, threshold=t)
-    plots.plot_worst_pairs(os.path.join(out_dir, "worst_pairs.png"),
-                           _worst_pairs(scores, trials, cat.images[..., 0], cat.path))
+    plots.plot_worst_pairs(
+        os.path.join(out_dir, "worst_pairs.png"),
+        _worst_pairs(scores, trials, cat.images[..., 0], cat.path),
+    )
 
 
 def _worst_pairs(scores, trials, images, paths) -> list[tuple[np.ndarray, np.ndarray, str]]:
@@ -201,15 +255,17 @@ def _worst_pairs(scores, trials, images, paths) -> list[tuple[np.ndarray, np.nda
     return out
 
 
-def format_table(results: dict[str, float], split: str, step: int,
-                 config: ml_collections.ConfigDict) -> str:
+def format_table(
+    results: dict[str, float], split: str, step: int, config: ml_collections.ConfigDict
+) -> str:
     per_writer = ", per-writer thresholds" if config.eval.user_thresholds else ""
-    where = (f"{config.eval.dataset} (trained on {config.dataset}) " if config.eval.dataset
-             else "")
-    lines = [f"{where}{split} split, checkpoint step {step}, "
-             f"{config.eval.references} reference(s), fusion {config.eval.fusion}{per_writer}",
-             f"pairs: {int(results['n_genuine'])} genuine, {int(results['n_skilled'])} skilled, "
-             f"{int(results['n_random'])} random"]
+    where = f"{config.eval.dataset} (trained on {config.dataset}) " if config.eval.dataset else ""
+    lines = [
+        f"{where}{split} split, checkpoint step {step}, "
+        f"{config.eval.references} reference(s), fusion {config.eval.fusion}{per_writer}",
+        f"pairs: {int(results['n_genuine'])} genuine, {int(results['n_skilled'])} skilled, "
+        f"{int(results['n_random'])} random",
+    ]
     for k in TABLE_KEYS:
         v = results.get(k, float("nan"))
         lines.append(f"  {k:<16} {v:.4f}")

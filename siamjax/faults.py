@@ -40,8 +40,12 @@ _NO_STEP = np.iinfo(np.int32).max
 
 def all_finite(*trees: Any) -> jax.Array:
     """One boolean scalar: every floating leaf of `trees` is finite."""
-    flags = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree.leaves(t)
-             if jnp.issubdtype(x.dtype, jnp.inexact)]
+    flags = [
+        jnp.all(jnp.isfinite(x))
+        for t in trees
+        for x in jax.tree.leaves(t)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
     return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
@@ -52,8 +56,10 @@ def keep_if_finite(finite: jax.Array, new: Any, old: Any) -> Any:
 
 def step_flags(finite: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
     """The two metrics a step adds; `step` is the 1-based step it ran as."""
-    return {NONFINITE: jnp.where(finite, 0, 1).astype(jnp.int32),
-            FIRST_NONFINITE: jnp.where(finite, _NO_STEP, step).astype(jnp.int32)}
+    return {
+        NONFINITE: jnp.where(finite, 0, 1).astype(jnp.int32),
+        FIRST_NONFINITE: jnp.where(finite, _NO_STEP, step).astype(jnp.int32),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,9 +81,12 @@ class NonFiniteGuard:
         if self._pending is None:
             self._pending = flags
         else:
-            self._pending = {NONFINITE: self._pending[NONFINITE] + flags[NONFINITE],
-                             FIRST_NONFINITE: jnp.minimum(self._pending[FIRST_NONFINITE],
-                                                          flags[FIRST_NONFINITE])}
+            self._pending = {
+                NONFINITE: self._pending[NONFINITE] + flags[NONFINITE],
+                FIRST_NONFINITE: jnp.minimum(
+                    self._pending[FIRST_NONFINITE], flags[FIRST_NONFINITE]
+                ),
+            }
         return rest
 
     def check(self, step: int, last_saved: int | None, directory: str) -> None:
@@ -90,15 +99,24 @@ class NonFiniteGuard:
         if not n:
             return
         if not self.skip:
-            kept = (f"step {last_saved} in {directory} stays the latest checkpoint"
-                    if last_saved else "no checkpoint was saved")
+            kept = (
+                f"step {last_saved} in {directory} stays the latest checkpoint"
+                if last_saved
+                else "no checkpoint was saved"
+            )
             raise NonFiniteError(
                 f"step {first}: the loss or a gradient is NaN or Inf ({n} such step(s) up to step "
                 f"{step}); training stopped and {kept}. Lower config.learning_rate, or set "
-                "config.skip_nonfinite_steps=True to skip such steps.")
+                "config.skip_nonfinite_steps=True to skip such steps."
+            )
         self.skipped += n
-        logging.warning("skipped %d step(s) whose loss or gradients were NaN or Inf (first: step "
-                        "%d; %d skipped in all)", n, first, self.skipped)
+        logging.warning(
+            "skipped %d step(s) whose loss or gradients were NaN or Inf (first: step "
+            "%d; %d skipped in all)",
+            n,
+            first,
+            self.skipped,
+        )
 
 
 class PreemptionWatcher:
@@ -129,8 +147,9 @@ class PreemptionWatcher:
     def _handle(self, signum: int, frame: Any) -> None:
         del frame
         if not self._event.is_set():
-            logging.warning("received signal %d: finishing this step, saving a checkpoint, then "
-                            "exiting", signum)
+            logging.warning(
+                "received signal %d: finishing this step, saving a checkpoint, then exiting", signum
+            )
         self._event.set()
 
     @property

@@ -48,18 +48,24 @@ class Data:
         cat = self.catalog
         total = config.pairs.positive + config.pairs.skilled + config.pairs.random
         # Share of positives among training pairs: the prior behind the model's scores.
-        self.prior_positive = (float(config.pairs.positive / total) if self.train_pairs is None
-                               else float(np.mean(self.train_pairs.label)))
+        self.prior_positive = (
+            float(config.pairs.positive / total)
+            if self.train_pairs is None
+            else float(np.mean(self.train_pairs.label))
+        )
         if config.loss == "triplet":  # Calibrated on one genuine and one forged pair per triplet.
             self.prior_positive = 0.5
         logging.info("dataset: %s", cat.summary())
         for name in pairs_lib.SPLITS:
             idx = self.indices[name]
-            logging.info("split %-10s %3d writers, %4d genuine, %4d forged%s", name,
-                         len(self.splits[name]), int(cat.is_genuine[idx].sum()),
-                         int((~cat.is_genuine[idx]).sum()),
-                         f", eval pairs {self.eval_pairs[name].counts()}"
-                         if name in self.eval_pairs else "")
+            logging.info(
+                "split %-10s %3d writers, %4d genuine, %4d forged%s",
+                name,
+                len(self.splits[name]),
+                int(cat.is_genuine[idx].sum()),
+                int((~cat.is_genuine[idx]).sum()),
+                f", eval pairs {self.eval_pairs[name].counts()}" if name in self.eval_pairs else "",
+            )
 
     def _init_writer_disjoint(self, config: ml_collections.ConfigDict) -> None:
         self.catalog: Catalog = registry.load_catalog(config)
@@ -68,9 +74,12 @@ class Data:
         self.indices = pairs_lib.split_indices(cat.writer, self.splits)
         pairs_lib.check_disjoint(cat.writer, cat.sha256, self.indices)
         self.eval_pairs = {
-            name: pairs_lib.eval_pairs(cat.writer, cat.is_genuine, self.indices[name],
-                                       config.pairs, config.seed)
-            for name in ("validation", "test") if len(self.indices[name])}
+            name: pairs_lib.eval_pairs(
+                cat.writer, cat.is_genuine, self.indices[name], config.pairs, config.seed
+            )
+            for name in ("validation", "test")
+            if len(self.indices[name])
+        }
 
     def save(self, workdir: str) -> None:
         """Writes `workdir/pairs/<split>.json` (the fixed evaluation pairs, with source paths) and
@@ -97,30 +106,46 @@ class TrainData:
         self.batch_size = config.batch_size
         self.triplets = config.loss == "triplet"
         if self.triplets and data.train_pairs is not None:
-            raise UserError("config.loss='triplet' draws triplets from the training writers, but "
-                            "config.split.method='kaggle_csv' fixes pairs: use 'bce' or "
-                            "'contrastive' with it.")
+            raise UserError(
+                "config.loss='triplet' draws triplets from the training writers, but "
+                "config.split.method='kaggle_csv' fixes pairs: use 'bce' or "
+                "'contrastive' with it."
+            )
         n_pairs = len(self._pairs(0))
         self.steps_per_epoch = n_pairs // self.batch_size
         if self.steps_per_epoch == 0:
             what = "triplets" if self.triplets else "pairs"
-            raise UserError(f"{n_pairs} training {what} per epoch are fewer than "
-                            f"config.batch_size={self.batch_size}.")
+            raise UserError(
+                f"{n_pairs} training {what} per epoch are fewer than "
+                f"config.batch_size={self.batch_size}."
+            )
         # One device-independent copy of all images; gathered per batch, never decoded again.
         self._images = tf.constant(data.catalog.images)
 
     def _pairs(self, epoch: int) -> pairs_lib.Pairs | pairs_lib.Triplets:
         cat = self.data.catalog
         if self.triplets:
-            return pairs_lib.sample_train_triplets(cat.writer, cat.is_genuine,
-                                                   self.data.indices["train"], self.config.pairs,
-                                                   self.config.seed, epoch)
+            return pairs_lib.sample_train_triplets(
+                cat.writer,
+                cat.is_genuine,
+                self.data.indices["train"],
+                self.config.pairs,
+                self.config.seed,
+                epoch,
+            )
         if self.data.train_pairs is not None:
             order = np.random.default_rng([self.config.seed, epoch, 7]).permutation(
-                len(self.data.train_pairs))
+                len(self.data.train_pairs)
+            )
             return self.data.train_pairs.take(order)
-        return pairs_lib.sample_train_pairs(cat.writer, cat.is_genuine, self.data.indices["train"],
-                                            self.config.pairs, self.config.seed, epoch)
+        return pairs_lib.sample_train_pairs(
+            cat.writer,
+            cat.is_genuine,
+            self.data.indices["train"],
+            self.config.pairs,
+            self.config.seed,
+            epoch,
+        )
 
     def _epoch_dataset(self, epoch: int, skip_batches: int) -> tf.data.Dataset:
         p = self._pairs(epoch)
@@ -150,4 +175,3 @@ class TrainData:
         while True:
             yield from self._epoch_dataset(epoch, offset).as_numpy_iterator()
             epoch, offset = epoch + 1, 0
-

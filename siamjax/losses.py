@@ -28,8 +28,10 @@ def check_loss(loss: str, combine: str) -> None:
     if loss not in LOSSES:
         raise UserError(f"config.loss={loss!r}; use one of {LOSSES}.")
     if loss != "bce" and combine != "distance":
-        raise UserError(f"config.loss={loss!r} needs config.model.combine='distance' (the head "
-                        f"that scores by embedding distance), not {combine!r}.")
+        raise UserError(
+            f"config.loss={loss!r} needs config.model.combine='distance' (the head "
+            f"that scores by embedding distance), not {combine!r}."
+        )
 
 
 def euclidean_distance(e1: jax.Array, e2: jax.Array) -> jax.Array:
@@ -53,8 +55,9 @@ def contrastive(e1: jax.Array, e2: jax.Array, labels: jax.Array, margin: float =
     return y * jnp.square(d) + (1.0 - y) * jnp.square(jnp.maximum(margin - d, 0.0))
 
 
-def triplet(anchor: jax.Array, positive: jax.Array, negative: jax.Array,
-            margin: float = 1.0) -> jax.Array:
+def triplet(
+    anchor: jax.Array, positive: jax.Array, negative: jax.Array, margin: float = 1.0
+) -> jax.Array:
     """Schroff et al. 2015: d(a, p)^2 - d(a, n)^2 + margin, hinged at 0. -> [batch]."""
     d_pos = jnp.sum(jnp.square(anchor - positive), axis=-1)
     d_neg = jnp.sum(jnp.square(anchor - negative), axis=-1)

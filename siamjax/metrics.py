@@ -521,7 +521,6 @@ def compute_metrics(
     }
 
 
-
 def fuse_scores(scores_matrix: Any, method: str = "mean") -> np.ndarray:
     """One score per questioned signature from its scores against K references of the claimed
     writer.

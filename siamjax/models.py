@@ -64,19 +64,32 @@ class SigNetEncoder(nn.Module):
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
         """[batch, H, W, 1] uint8 -> [batch, embedding_dim] float32."""
         k_init = kernel_init(self.init)
-        conv = functools.partial(nn.Conv, dtype=self.dtype, kernel_init=k_init,
-                                 conv_general_dilated=conv_lib.for_backend(self.conv_impl))
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                                 momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype)
+        conv = functools.partial(
+            nn.Conv,
+            dtype=self.dtype,
+            kernel_init=k_init,
+            conv_general_dilated=conv_lib.for_backend(self.conv_impl),
+        )
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=1e-5,
+            dtype=self.dtype,
+        )
         x = _to_float(images, self.dtype)
-        layers = [(96, 11, 4, "VALID", True), (256, 5, 1, 2, True), (384, 3, 1, 1, False),
-                  (384, 3, 1, 1, False), (256, 3, 1, 1, True)]
+        layers = [
+            (96, 11, 4, "VALID", True),
+            (256, 5, 1, 2, True),
+            (384, 3, 1, 1, False),
+            (384, 3, 1, 1, False),
+            (256, 3, 1, 1, True),
+        ]
         for i, (features, k, s, pad, pool) in enumerate(layers):
             x = conv(features, (k, k), strides=(s, s), padding=pad, name=f"conv{i}")(x)
             x = nn.relu(norm(name=f"bn{i}")(x))
             if pool:
-                x = pool_lib.max_pool(x, (3, 3), (2, 2), "VALID",
-                                      fast_grad=self.conv_impl != "xla")
+                x = pool_lib.max_pool(x, (3, 3), (2, 2), "VALID", fast_grad=self.conv_impl != "xla")
         x = x.reshape((x.shape[0], -1))
         dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=k_init)
         x = nn.relu(dense(2048, name="fc0")(x))
@@ -97,14 +110,35 @@ class _ConvBlockEncoder(nn.Module):
     bn_momentum: float = 0.9
     conv_impl: str = "xla"  # See siamjax.conv: 'xla', 'matmul_dw' or 'auto'.
 
-    def _block(self, x: jax.Array, i: int, features: int, kernel: int, stride: int, padding: str,
-               train: bool) -> jax.Array:
+    def _block(
+        self,
+        x: jax.Array,
+        i: int,
+        features: int,
+        kernel: int,
+        stride: int,
+        padding: str,
+        train: bool,
+    ) -> jax.Array:
         """conv{i} -> bn{i} -> ReLU; called from the subclass's compact `__call__`."""
-        x = nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                    use_bias=False, dtype=self.dtype, kernel_init=kernel_init(self.init),
-                    conv_general_dilated=conv_lib.for_backend(self.conv_impl), name=f"conv{i}")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
-                         dtype=self.dtype, name=f"bn{i}")(x)
+        x = nn.Conv(
+            features,
+            (kernel, kernel),
+            strides=(stride, stride),
+            padding=padding,
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=kernel_init(self.init),
+            conv_general_dilated=conv_lib.for_backend(self.conv_impl),
+            name=f"conv{i}",
+        )(x)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=1e-5,
+            dtype=self.dtype,
+            name=f"bn{i}",
+        )(x)
         return nn.relu(x)
 
     def _tail(self, x: jax.Array, hidden: int) -> jax.Array:
@@ -184,8 +218,9 @@ class Head(nn.Module):
         if self.combine == "distance":
             # Starts at logit 1 - 2d: even odds at d = 0.5, half a unit margin.
             bias = self.param("bias", nn.initializers.constant(1.0), (), jnp.float32)
-            raw_scale = self.param("raw_scale", nn.initializers.constant(math.log(math.e**2 - 1)),
-                                   (), jnp.float32)
+            raw_scale = self.param(
+                "raw_scale", nn.initializers.constant(math.log(math.e**2 - 1)), (), jnp.float32
+            )
             return bias - jax.nn.softplus(raw_scale) * losses.euclidean_distance(e1, e2)
         if self.combine == "diff":
             x = e1 - e2
@@ -218,21 +253,23 @@ class SiameseNet(nn.Module):
         """Evaluation-mode embeddings, [N, H, W, 1] uint8 -> [N, D]; for caching in evaluation."""
         return self.encoder(images, False)
 
-    def embed_pairs(self, image_a: jax.Array, image_b: jax.Array,
-                    train: bool) -> tuple[jax.Array, jax.Array]:
+    def embed_pairs(
+        self, image_a: jax.Array, image_b: jax.Array, train: bool
+    ) -> tuple[jax.Array, jax.Array]:
         """[N, H, W, 1] twice -> two [N, D]: one encoder pass of 2N, so BatchNorm sees both sides
         together as in `__call__` (the metric-learning losses train on these)."""
         return self._embed_together((image_a, image_b), train)
 
-    def embed_triplets(self, anchor: jax.Array, positive: jax.Array, negative: jax.Array,
-                       train: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def embed_triplets(
+        self, anchor: jax.Array, positive: jax.Array, negative: jax.Array, train: bool
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """[N, H, W, 1] three times -> three [N, D], in one encoder pass of 3N."""
         return self._embed_together((anchor, positive, negative), train)
 
     def _embed_together(self, images: tuple[jax.Array, ...], train: bool) -> tuple[jax.Array, ...]:
         n = images[0].shape[0]
         e = self.encoder(jnp.concatenate(images, axis=0), train)
-        return tuple(e[i * n:(i + 1) * n] for i in range(len(images)))
+        return tuple(e[i * n : (i + 1) * n] for i in range(len(images)))
 
     def score(self, e1: jax.Array, e2: jax.Array) -> jax.Array:
         """Head on cached embeddings: [N, D] twice -> [N] logits."""
@@ -250,8 +287,13 @@ def dtype_from_name(name: str) -> Any:
 def create_model(model_config: ml_collections.ConfigDict) -> SiameseNet:
     """The SiameseNet that `config.model` describes."""
     dtype = dtype_from_name(model_config.dtype)
-    common = dict(embedding_dim=model_config.embedding_dim, dtype=dtype, init=model_config.init,
-                  bn_momentum=model_config.bn_momentum, conv_impl=model_config.conv_impl)
+    common = dict(
+        embedding_dim=model_config.embedding_dim,
+        dtype=dtype,
+        init=model_config.init,
+        bn_momentum=model_config.bn_momentum,
+        conv_impl=model_config.conv_impl,
+    )
     if model_config.encoder == "signet":
         encoder = SigNetEncoder(**common)
     elif model_config.encoder == "vgg":
@@ -260,6 +302,10 @@ def create_model(model_config: ml_collections.ConfigDict) -> SiameseNet:
         encoder = SmallEncoder(width=model_config.small_width, **common)
     else:
         raise UserError(f"config.model.encoder={model_config.encoder!r}; use one of {ENCODERS}.")
-    head = Head(hidden=tuple(model_config.head_hidden), combine=model_config.combine, dtype=dtype,
-                init=model_config.init)
+    head = Head(
+        hidden=tuple(model_config.head_hidden),
+        combine=model_config.combine,
+        dtype=dtype,
+        init=model_config.init,
+    )
     return SiameseNet(encoder=encoder, head=head)

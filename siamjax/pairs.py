@@ -56,8 +56,9 @@ def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
-def split_writers(writers: Sequence[str], cfg: ml_collections.ConfigDict,
-                  seed: int) -> dict[str, list[str]]:
+def split_writers(
+    writers: Sequence[str], cfg: ml_collections.ConfigDict, seed: int
+) -> dict[str, list[str]]:
     """Writer ids -> {'train', 'validation', 'test'} lists of writer ids, disjoint.
 
     `cfg` is `config.split`: method 'fractions' (shuffled by `seed`), 'writers' (explicit val/test
@@ -70,48 +71,68 @@ def split_writers(writers: Sequence[str], cfg: ml_collections.ConfigDict,
         n_test = int(round(cfg.test_fraction * n))
         n_val = int(round(cfg.val_fraction * n))
         if n - n_test - n_val < 2 or (cfg.val_fraction > 0 and n_val < 2):
-            raise UserError(f"{n} writers cannot be split by val_fraction={cfg.val_fraction}, "
-                            f"test_fraction={cfg.test_fraction}: too few writers per split.")
-        out = {"test": order[:n_test], "validation": order[n_test:n_test + n_val],
-               "train": order[n_test + n_val:]}
+            raise UserError(
+                f"{n} writers cannot be split by val_fraction={cfg.val_fraction}, "
+                f"test_fraction={cfg.test_fraction}: too few writers per split."
+            )
+        out = {
+            "test": order[:n_test],
+            "validation": order[n_test : n_test + n_val],
+            "train": order[n_test + n_val :],
+        }
     elif cfg.method == "writers":
         val, test = _csv_list(cfg.val_writers), _csv_list(cfg.test_writers)
         unknown = sorted(set(val + test) - set(unique))
         if unknown:
             raise UserError(f"config.split names writers not in the dataset: {unknown[:10]}")
-        out = {"validation": val, "test": test,
-               "train": [w for w in unique if w not in set(val) | set(test)]}
+        out = {
+            "validation": val,
+            "test": test,
+            "train": [w for w in unique if w not in set(val) | set(test)],
+        }
     elif cfg.method == "kfold":
         k = cfg.num_folds
         if not 0 <= cfg.fold < k or k < 3:
-            raise UserError(f"config.split.fold={cfg.fold} with num_folds={k}: need "
-                            "num_folds >= 3 and 0 <= fold < num_folds.")
+            raise UserError(
+                f"config.split.fold={cfg.fold} with num_folds={k}: need "
+                "num_folds >= 3 and 0 <= fold < num_folds."
+            )
         folds = [order[i::k] for i in range(k)]
-        out = {"test": folds[cfg.fold], "validation": folds[(cfg.fold + 1) % k],
-               "train": [w for i, f in enumerate(folds)
-                         if i not in (cfg.fold, (cfg.fold + 1) % k) for w in f]}
+        out = {
+            "test": folds[cfg.fold],
+            "validation": folds[(cfg.fold + 1) % k],
+            "train": [
+                w for i, f in enumerate(folds) if i not in (cfg.fold, (cfg.fold + 1) % k) for w in f
+            ],
+        }
     else:
-        raise UserError(f"config.split.method={cfg.method!r}; use 'fractions', 'writers', "
-                        "'kfold' or (SigComp2011's leaking pair lists) 'kaggle_csv'.")
+        raise UserError(
+            f"config.split.method={cfg.method!r}; use 'fractions', 'writers', "
+            "'kfold' or (SigComp2011's leaking pair lists) 'kaggle_csv'."
+        )
     return {k: sorted(v) for k, v in out.items()}
 
 
 def split_indices(writer: np.ndarray, splits: dict[str, list[str]]) -> dict[str, np.ndarray]:
     """Image indices of each split's writers."""
-    return {name: np.flatnonzero(np.isin(writer, list(ws))).astype(np.int32)
-            for name, ws in splits.items()}
+    return {
+        name: np.flatnonzero(np.isin(writer, list(ws))).astype(np.int32)
+        for name, ws in splits.items()
+    }
 
 
 def check_disjoint(writer: np.ndarray, sha256: np.ndarray, indices: dict[str, np.ndarray]) -> None:
     """Raises if two splits share a writer or an image (by content hash)."""
     names = sorted(indices)
     for i, s in enumerate(names):
-        for t in names[i + 1:]:
+        for t in names[i + 1 :]:
             for what, values in (("writer", writer), ("image (sha256)", sha256)):
                 shared = set(values[indices[s]]) & set(values[indices[t]])
                 if shared:
-                    raise UserError(f"splits {s!r} and {t!r} share {len(shared)} {what}(s), e.g. "
-                                    f"{sorted(shared)[0]!r}: the protocol would leak.")
+                    raise UserError(
+                        f"splits {s!r} and {t!r} share {len(shared)} {what}(s), e.g. "
+                        f"{sorted(shared)[0]!r}: the protocol would leak."
+                    )
 
 
 class _Groups:
@@ -138,8 +159,14 @@ class _Groups:
         return self.all_genuine[np.isin(self.owner, list(ok))]
 
 
-def sample_train_pairs(writer: np.ndarray, is_genuine: np.ndarray, indices: np.ndarray,
-                       cfg: ml_collections.ConfigDict, seed: int, epoch: int) -> Pairs:
+def sample_train_pairs(
+    writer: np.ndarray,
+    is_genuine: np.ndarray,
+    indices: np.ndarray,
+    cfg: ml_collections.ConfigDict,
+    seed: int,
+    epoch: int,
+) -> Pairs:
     """Training pairs for one epoch, drawn from (seed, epoch) so that a resumed run sees the same.
 
     pairs_per_genuine x (genuine images) pairs, split by `cfg.positive/skilled/random` proportions.
@@ -202,8 +229,14 @@ class Triplets:
         return {KIND_NAMES[k]: int(np.sum(self.negative_kind == k)) for k in (SKILLED, RANDOM)}
 
 
-def sample_train_triplets(writer: np.ndarray, is_genuine: np.ndarray, indices: np.ndarray,
-                          cfg: ml_collections.ConfigDict, seed: int, epoch: int) -> Triplets:
+def sample_train_triplets(
+    writer: np.ndarray,
+    is_genuine: np.ndarray,
+    indices: np.ndarray,
+    cfg: ml_collections.ConfigDict,
+    seed: int,
+    epoch: int,
+) -> Triplets:
     """Training triplets for one epoch, drawn from (seed, epoch) like `sample_train_pairs`.
 
     pairs_per_genuine x (genuine images) / 2 triplets: each compares two pairs, so an epoch
@@ -218,11 +251,15 @@ def sample_train_triplets(writer: np.ndarray, is_genuine: np.ndarray, indices: n
         raise UserError("config.pairs: skilled + random must be > 0 to draw triplets' negatives.")
     n = cfg.pairs_per_genuine * len(g.all_genuine) // 2
     with_two = g.anchors_with("genuine")
-    anchors = {SKILLED: with_two[np.isin(with_two, g.anchors_with("forged"))],
-               RANDOM: with_two if len(g.writers) > 1 else with_two[:0]}
+    anchors = {
+        SKILLED: with_two[np.isin(with_two, g.anchors_with("forged"))],
+        RANDOM: with_two if len(g.writers) > 1 else with_two[:0],
+    }
     if len(anchors[SKILLED]) + len(anchors[RANDOM]) == 0 or n == 0:
-        raise UserError("the training split has no writer with two genuine signatures and a "
-                        "forgery or another writer: cannot draw triplets.")
+        raise UserError(
+            "the training split has no writer with two genuine signatures and a "
+            "forgery or another writer: cannot draw triplets."
+        )
     n_sk = int(round(n * cfg.skilled / (cfg.skilled + cfg.random)))
     if len(anchors[SKILLED]) == 0:
         n_sk = 0
@@ -249,8 +286,13 @@ def _other(rng: np.random.Generator, g: _Groups, w: str) -> int:
             return int(g.all_genuine[i])
 
 
-def eval_pairs(writer: np.ndarray, is_genuine: np.ndarray, indices: np.ndarray,
-               cfg: ml_collections.ConfigDict, seed: int) -> Pairs:
+def eval_pairs(
+    writer: np.ndarray,
+    is_genuine: np.ndarray,
+    indices: np.ndarray,
+    cfg: ml_collections.ConfigDict,
+    seed: int,
+) -> Pairs:
     """Fixed evaluation pairs: for every genuine reference, up to `eval_per_genuine` distinct
     questioned images of each kind (other genuine of the writer, its forgeries, other writers)."""
     rng = np.random.default_rng([seed, 99])
@@ -277,9 +319,16 @@ def eval_pairs(writer: np.ndarray, is_genuine: np.ndarray, indices: np.ndarray,
 
 def save_pairs(path: str, pairs: Pairs, paths: np.ndarray, writer: np.ndarray) -> None:
     """Writes pairs as JSON rows {reference, questioned, writer, kind, label} with source paths."""
-    rows = [{"reference": str(paths[i]), "questioned": str(paths[j]), "writer": str(writer[i]),
-             "kind": KIND_NAMES[k], "label": int(lbl)}
-            for i, j, k, lbl in zip(pairs.a, pairs.b, pairs.kind, pairs.label, strict=True)]
+    rows = [
+        {
+            "reference": str(paths[i]),
+            "questioned": str(paths[j]),
+            "writer": str(writer[i]),
+            "kind": KIND_NAMES[k],
+            "label": int(lbl),
+        }
+        for i, j, k, lbl in zip(pairs.a, pairs.b, pairs.kind, pairs.label, strict=True)
+    ]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump({"counts": pairs.counts(), "pairs": rows}, f, indent=0)
@@ -304,12 +353,14 @@ class Trials:
     def as_pairs(self) -> Pairs:
         """Every (reference, questioned) pair, row-major: trial i's pairs are rows i*K..i*K+K-1."""
         k = self.references.shape[1]
-        return make_pairs(self.references.reshape(-1), np.repeat(self.questioned, k),
-                           np.repeat(self.kind, k))
+        return make_pairs(
+            self.references.reshape(-1), np.repeat(self.questioned, k), np.repeat(self.kind, k)
+        )
 
 
-def reference_trials(writer: np.ndarray, is_genuine: np.ndarray, indices: np.ndarray, k: int,
-                     seed: int) -> Trials:
+def reference_trials(
+    writer: np.ndarray, is_genuine: np.ndarray, indices: np.ndarray, k: int, seed: int
+) -> Trials:
     """Per writer: K genuine references fixed by `seed`; questioned are the writer's other genuine
     signatures, all its forgeries, and as many genuine signatures of other writers of the split.
 
@@ -334,11 +385,16 @@ def reference_trials(writer: np.ndarray, is_genuine: np.ndarray, indices: np.nda
                 refs.append(r)
                 kind.append(kd)
     if not q:
-        raise UserError(f"no writer of the split has {k + 1} genuine signatures for "
-                        f"config.eval.references={k}.")
+        raise UserError(
+            f"no writer of the split has {k + 1} genuine signatures for config.eval.references={k}."
+        )
     kind = np.asarray(kind, np.int32)
-    return Trials(np.asarray(q, np.int32), np.asarray(refs, np.int32).reshape(len(q), k), kind,
-                  (kind == GENUINE).astype(np.int32))
+    return Trials(
+        np.asarray(q, np.int32),
+        np.asarray(refs, np.int32).reshape(len(q), k),
+        kind,
+        (kind == GENUINE).astype(np.int32),
+    )
 
 
 def pairs_as_trials(pairs: Pairs) -> Trials:

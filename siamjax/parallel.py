@@ -39,19 +39,27 @@ def _explicit_process_env() -> tuple[str, int, int] | None:
     missing = [k for k, v in values.items() if not v]
     if missing:
         given = ", ".join(f"{k}={v}" for k, v in values.items() if v)
-        raise UserError(f"{', '.join(missing)} unset while {given}: a multi-process launch "
-                        f"sets all of {', '.join(_EXPLICIT_ENV)} on every process.")
+        raise UserError(
+            f"{', '.join(missing)} unset while {given}: a multi-process launch "
+            f"sets all of {', '.join(_EXPLICIT_ENV)} on every process."
+        )
     try:
         n, pid = int(values[NUM_PROCESSES_ENV]), int(values[PROCESS_ID_ENV])
     except ValueError as e:
-        raise UserError(f"{NUM_PROCESSES_ENV}={values[NUM_PROCESSES_ENV]!r} and "
-                        f"{PROCESS_ID_ENV}={values[PROCESS_ID_ENV]!r} must be integers.") from e
+        raise UserError(
+            f"{NUM_PROCESSES_ENV}={values[NUM_PROCESSES_ENV]!r} and "
+            f"{PROCESS_ID_ENV}={values[PROCESS_ID_ENV]!r} must be integers."
+        ) from e
     if n < 1 or not 0 <= pid < n:
-        raise UserError(f"{NUM_PROCESSES_ENV}={n}, {PROCESS_ID_ENV}={pid}: the process id must "
-                        f"be in 0..{n - 1} (and there must be at least one process).")
+        raise UserError(
+            f"{NUM_PROCESSES_ENV}={n}, {PROCESS_ID_ENV}={pid}: the process id must "
+            f"be in 0..{n - 1} (and there must be at least one process)."
+        )
     if ":" not in values[COORDINATOR_ENV]:
-        raise UserError(f"{COORDINATOR_ENV}={values[COORDINATOR_ENV]!r} must be host:port, e.g. "
-                        "10.0.0.1:12345 (process 0's address, reachable from every process).")
+        raise UserError(
+            f"{COORDINATOR_ENV}={values[COORDINATOR_ENV]!r} must be host:port, e.g. "
+            "10.0.0.1:12345 (process 0's address, reachable from every process)."
+        )
     return values[COORDINATOR_ENV], n, pid
 
 
@@ -78,33 +86,48 @@ def maybe_initialize_distributed() -> None:
         return
     if explicit:
         coordinator, n, pid = explicit
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=n,
-                                   process_id=pid)
-    elif (os.environ.get(AUTO_ENV, "0") not in ("", "0")
-          or os.environ.get("JAX_COORDINATOR_ADDRESS")
-          or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-          or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")):
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=n, process_id=pid)
+    elif (
+        os.environ.get(AUTO_ENV, "0") not in ("", "0")
+        or os.environ.get("JAX_COORDINATOR_ADDRESS")
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    ):
         jax.distributed.initialize()
     else:
         return
-    logging.info("jax.distributed: process %d of %d, %d local devices of %d",
-                 jax.process_index(), jax.process_count(), jax.local_device_count(),
-                 jax.device_count())
+    logging.info(
+        "jax.distributed: process %d of %d, %d local devices of %d",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
-def cpu_process_env(coordinator: str, num_processes: int, process_id: int,
-                    devices_per_process: int) -> dict[str, str]:
+def cpu_process_env(
+    coordinator: str, num_processes: int, process_id: int, devices_per_process: int
+) -> dict[str, str]:
     """Environment variables for process `process_id` of a cluster simulated on this host's CPU,
     `devices_per_process` CPU devices each (to update a copy of os.environ with)."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
+    flags = [
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    ]
     flags.append(f"--xla_force_host_platform_device_count={devices_per_process}")
-    return {COORDINATOR_ENV: coordinator, NUM_PROCESSES_ENV: str(num_processes),
-            PROCESS_ID_ENV: str(process_id), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(flags)}
+    return {
+        COORDINATOR_ENV: coordinator,
+        NUM_PROCESSES_ENV: str(num_processes),
+        PROCESS_ID_ENV: str(process_id),
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": " ".join(flags),
+    }
 
 
-def run_cpu_processes(argv: Sequence[str], num_processes: int, devices_per_process: int,
-                      timeout: float = 600) -> list[str]:
+def run_cpu_processes(
+    argv: Sequence[str], num_processes: int, devices_per_process: int, timeout: float = 600
+) -> list[str]:
     """Runs `argv` as `num_processes` processes of one simulated CPU cluster on this host
     (coordinator on a free loopback port) and returns each one's output (stdout + stderr).
 
@@ -117,10 +140,18 @@ def run_cpu_processes(argv: Sequence[str], num_processes: int, devices_per_proce
         coordinator = f"127.0.0.1:{s.getsockname()[1]}"
     # Output to files, not pipes: a process blocked on a full pipe would stall the collectives.
     outs = [tempfile.TemporaryFile("w+") for _ in range(num_processes)]
-    procs = [subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, text=True,
-                              env=dict(os.environ, **cpu_process_env(
-                                  coordinator, num_processes, pid, devices_per_process)))
-             for pid, out in enumerate(outs)]
+    procs = [
+        subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(
+                os.environ, **cpu_process_env(coordinator, num_processes, pid, devices_per_process)
+            ),
+        )
+        for pid, out in enumerate(outs)
+    ]
     deadline = time.monotonic() + timeout
     try:  # Until all end, the time runs out, or one fails (the others would wait for it).
         while time.monotonic() < deadline and any(p.poll() is None for p in procs):
@@ -138,10 +169,14 @@ def run_cpu_processes(argv: Sequence[str], num_processes: int, devices_per_proce
         logs.append(out.read())
         out.close()
     if any(p.returncode for p in procs):  # Killed ones: a negative code.
-        tails = "\n".join(f"--- process {i} (exit {p.returncode}):\n{log[-3000:]}"
-                          for i, (p, log) in enumerate(zip(procs, logs, strict=True)))
-        raise RuntimeError(f"{' '.join(argv)} as {num_processes} x {devices_per_process} CPU "
-                           f"devices failed:\n{tails}")
+        tails = "\n".join(
+            f"--- process {i} (exit {p.returncode}):\n{log[-3000:]}"
+            for i, (p, log) in enumerate(zip(procs, logs, strict=True))
+        )
+        raise RuntimeError(
+            f"{' '.join(argv)} as {num_processes} x {devices_per_process} CPU "
+            f"devices failed:\n{tails}"
+        )
     return logs
 
 

@@ -31,8 +31,9 @@ from siamjax.input_pipeline import Data, TrainData
 from siamjax.train_state import TrainState, create_train_state
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *,
-               config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+    state: TrainState, batch: dict[str, jax.Array], *, config: ml_collections.ConfigDict
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on `config.loss` over a pair (or triplet) batch; device-side metric sums.
 
     batch: image_a, image_b uint8 [B, H, W, 1]; label int32 [B] (1 = genuine pair); for 'triplet'
@@ -73,25 +74,31 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
             e1, e2 = jnp.concatenate([ea, ea]), jnp.concatenate([ep, en])
             pair_label = jnp.concatenate([jnp.ones_like(label), jnp.zeros_like(label)])
         # Calibration: the head's logit on stopped embeddings trains the head's scalars only.
-        logits = state.apply_fn({"params": params}, jax.lax.stop_gradient(e1),
-                                jax.lax.stop_gradient(e2), method="score")
+        logits = state.apply_fn(
+            {"params": params}, jax.lax.stop_gradient(e1), jax.lax.stop_gradient(e2), method="score"
+        )
         loss = loss + jnp.mean(losses.bce_with_logits(logits, pair_label))
         return loss, (logits, pair_label, updates["batch_stats"])
 
     (loss, (logits, label, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+        state.params
+    )
     new = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     # A NaN/Inf step changes nothing but the step counter (siamjax.faults); the loop decides.
     finite = faults.all_finite(loss, grads, new.params, batch_stats)
-    state = new.replace(params=faults.keep_if_finite(finite, new.params, state.params),
-                        opt_state=faults.keep_if_finite(finite, new.opt_state, state.opt_state),
-                        batch_stats=faults.keep_if_finite(finite, new.batch_stats,
-                                                          state.batch_stats))
+    state = new.replace(
+        params=faults.keep_if_finite(finite, new.params, state.params),
+        opt_state=faults.keep_if_finite(finite, new.opt_state, state.opt_state),
+        batch_stats=faults.keep_if_finite(finite, new.batch_stats, state.batch_stats),
+    )
     n = jnp.where(finite, jnp.asarray(label.shape[0], jnp.float32), 0.0)
     correct = jnp.sum(((logits > 0).astype(jnp.int32) == label).astype(jnp.float32))
-    return state, {"loss_sum": jnp.where(finite, loss * n, 0.0),
-                   "correct": jnp.where(finite, correct, 0.0), "count": n,
-                   **faults.step_flags(finite, new.step)}
+    return state, {
+        "loss_sum": jnp.where(finite, loss * n, 0.0),
+        "correct": jnp.where(finite, correct, 0.0),
+        "count": n,
+        **faults.step_flags(finite, new.step),
+    }
 
 
 def state_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
@@ -100,18 +107,22 @@ def state_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
     return parallel.replicated(mesh)
 
 
-def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                       shardings: jax.sharding.Sharding):
+def compile_train_step(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, shardings: jax.sharding.Sharding
+):
     """The jitted step: state donated, batch sharded along `data`, metrics replicated."""
     batch_sharding = parallel.data_sharding(mesh)
-    return jax.jit(functools.partial(train_step, config=config), donate_argnums=0,
-                   in_shardings=(shardings, batch_sharding),
-                   out_shardings=(shardings, parallel.replicated(mesh)))
+    return jax.jit(
+        functools.partial(train_step, config=config),
+        donate_argnums=0,
+        in_shardings=(shardings, batch_sharding),
+        out_shardings=(shardings, parallel.replicated(mesh)),
+    )
 
 
-def init_state_on_mesh(config: ml_collections.ConfigDict, model: nn.Module,
-                       mesh: jax.sharding.Mesh,
-                       num_steps: int = 1) -> tuple[TrainState, jax.sharding.Sharding]:
+def init_state_on_mesh(
+    config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.sharding.Mesh, num_steps: int = 1
+) -> tuple[TrainState, jax.sharding.Sharding]:
     """Initialises the state directly on the mesh, replicated.
 
     Parameters are drawn with the 'rbg' PRNG: XLA:CPU takes ~15 s to compile threefry for the
@@ -119,8 +130,9 @@ def init_state_on_mesh(config: ml_collections.ConfigDict, model: nn.Module,
     whose bits do not depend on how a computation is sharded.
     """
     sharding = state_sharding(mesh)
-    init = jax.jit(lambda k: create_train_state(config, model, k, num_steps),
-                   out_shardings=sharding)
+    init = jax.jit(
+        lambda k: create_train_state(config, model, k, num_steps), out_shardings=sharding
+    )
     return init(jax.random.key(config.seed, impl="rbg")), sharding
 
 
@@ -166,9 +178,13 @@ def _validate(scorer: inference.Scorer, state: TrainState, data: Data) -> dict[s
     pairs = data.eval_pairs["validation"]
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     scores = inference.probabilities(scorer.logits(variables, data.catalog.images, pairs))
-    return metrics.compute_metrics(scores, pairs.kind, data.catalog.writer[pairs.a],
-                                   metrics.operating_threshold(scores, pairs.kind),
-                                   data.prior_positive)
+    return metrics.compute_metrics(
+        scores,
+        pairs.kind,
+        data.catalog.writer[pairs.a],
+        metrics.operating_threshold(scores, pairs.kind),
+        data.prior_positive,
+    )
 
 
 class _Progress(periodic_actions.ReportProgress):
@@ -201,16 +217,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return _train_and_evaluate(config, workdir, preemption)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        preemption: faults.PreemptionWatcher) -> dict[str, Any]:
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, preemption: faults.PreemptionWatcher
+) -> dict[str, Any]:
     parallel.maybe_initialize_distributed()
     losses.check_loss(config.loss, config.model.combine)
     workdir = os.path.abspath(workdir)
     prepare_workdir(config, workdir)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
-    logging.info("devices: %d (%s), processes: %d", mesh.devices.size,
-                 jax.devices()[0].platform, jax.process_count())
+    logging.info(
+        "devices: %d (%s), processes: %d",
+        mesh.devices.size,
+        jax.devices()[0].platform,
+        jax.process_count(),
+    )
 
     data = Data(config)
     data.save(workdir)
@@ -225,23 +246,36 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     start, skipped_before = 0, 0
     if ckpt.latest_step():
         start, state, meta = ckpt.restore_latest_good(
-            checkpointing.abstract_with_sharding(state, shardings))
+            checkpointing.abstract_with_sharding(state, shardings)
+        )
         skipped_before = int(meta.get("skipped_nonfinite_steps") or 0)
         logging.info("resumed from the checkpoint of step %d", start)
     else:
-        logging.info("model: %s encoder, %d parameters", config.model.encoder,
-                     sum(x.size for x in jax.tree.leaves(state.params)))
+        logging.info(
+            "model: %s encoder, %d parameters",
+            config.model.encoder,
+            sum(x.size for x in jax.tree.leaves(state.params)),
+        )
 
     step_fn = compile_train_step(config, mesh, shardings)
     scorer = inference.Scorer(model, mesh, config.eval_batch_size)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     batches = train_data.batches(start)
-    logging.info("training steps %d..%d (%d per epoch, batch %d)", start, num_steps,
-                 train_data.steps_per_epoch, config.batch_size)
+    logging.info(
+        "training steps %d..%d (%d per epoch, batch %d)",
+        start,
+        num_steps,
+        train_data.steps_per_epoch,
+        config.batch_size,
+    )
 
     t_start = time.perf_counter()
-    report = _Progress(num_train_steps=num_steps, writer=writer,
-                       every_steps=config.log_every_steps, pairs_per_step=config.batch_size)
+    report = _Progress(
+        num_train_steps=num_steps,
+        writer=writer,
+        every_steps=config.log_every_steps,
+        pairs_per_step=config.batch_size,
+    )
     report(start)  # Starts its clock (a first call never reports).
     # Where the loop's wall time goes. The step is dispatched asynchronously, so the host prepares
     # the next batch while the device computes; `input` is the host's time in the pipeline
@@ -268,29 +302,52 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             s = jax.device_get(sums)  # Waits for the step: the report's rate is of finished steps.
         report(step)  # Reports on the same steps (every log_every_steps, and the last).
         if logged:
-            scalars = {"train_loss": s["loss_sum"] / s["count"],
-                       "train_accuracy": s["correct"] / s["count"]}
+            scalars = {
+                "train_loss": s["loss_sum"] / s["count"],
+                "train_accuracy": s["correct"] / s["count"],
+            }
             writer.write_scalars(step, scalars)
-            logging.info("step %d/%d: loss %.4f, accuracy %.3f | %.0f pairs/s", step, num_steps,
-                         scalars["train_loss"], scalars["train_accuracy"], report.pairs_per_sec)
+            logging.info(
+                "step %d/%d: loss %.4f, accuracy %.3f | %.0f pairs/s",
+                step,
+                num_steps,
+                scalars["train_loss"],
+                scalars["train_accuracy"],
+                report.pairs_per_sec,
+            )
             sums = None
         if evaluated:
             with _timed(spent, "validation_s", report):
                 val = _validate(scorer, state, data)
-            writer.write_scalars(step, {f"val_{k}": v for k, v in val.items()
-                                        if isinstance(v, float) and np.isfinite(v)})
-            logging.info("step %d validation: EER %.2f%% (skilled), EER %.2f%% (random), "
-                         "AUC %.4f, accuracy %.3f", step, 100 * val["eer"],
-                         100 * val["eer_random"], val["auc"], val["accuracy"])
+            writer.write_scalars(
+                step,
+                {f"val_{k}": v for k, v in val.items() if isinstance(v, float) and np.isfinite(v)},
+            )
+            logging.info(
+                "step %d validation: EER %.2f%% (skilled), EER %.2f%% (random), "
+                "AUC %.4f, accuracy %.3f",
+                step,
+                100 * val["eer"],
+                100 * val["eer_random"],
+                val["auc"],
+                val["accuracy"],
+            )
         if save:
-            meta = {"step": step, "val_threshold": val.get("threshold") if evaluated else None,
-                    "prior_positive": data.prior_positive,
-                    "val_metrics": val if evaluated else None,
-                    "model": inference.model_fingerprint(config),
-                    "skipped_nonfinite_steps": guard.skipped}
+            meta = {
+                "step": step,
+                "val_threshold": val.get("threshold") if evaluated else None,
+                "prior_positive": data.prior_positive,
+                "val_metrics": val if evaluated else None,
+                "model": inference.model_fingerprint(config),
+                "skipped_nonfinite_steps": guard.skipped,
+            }
             with _timed(spent, "checkpoint_s", report):
-                ckpt.save(step, state, metrics.jsonable(meta),
-                          metrics={checkpointing.BEST_METRIC: val["eer"]} if evaluated else None)
+                ckpt.save(
+                    step,
+                    state,
+                    metrics.jsonable(meta),
+                    metrics={checkpointing.BEST_METRIC: val["eer"]} if evaluated else None,
+                )
             saved = step
         if stop and not last:
             ckpt.close()
@@ -302,24 +359,44 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     best = ckpt.best_step()
     wall = time.perf_counter() - t_start
     spent["steps_s"] = wall - sum(spent.values())  # Dispatch and compute of the train steps.
-    summary = {"final_step": num_steps, "best_step": best, "wall_seconds": wall,
-               "time_breakdown": spent, "skipped_nonfinite_steps": guard.skipped,
-               "validation": metrics.jsonable(val), "checkpoint_dir": ckpt.directory}
+    summary = {
+        "final_step": num_steps,
+        "best_step": best,
+        "wall_seconds": wall,
+        "time_breakdown": spent,
+        "skipped_nonfinite_steps": guard.skipped,
+        "validation": metrics.jsonable(val),
+        "checkpoint_dir": ckpt.directory,
+    }
     if jax.process_index() == 0 and val:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
     if val:
-        logging.info("done: %d steps in %s (steps %.0f s, input %.1f s, validation %.1f s, "
-                     "checkpoints %.1f s); final validation EER %.2f%%; best checkpoint: step "
-                     "%s; checkpoints in %s", num_steps, datetime.timedelta(seconds=round(wall)),
-                     spent["steps_s"], spent["input_s"], spent["validation_s"],
-                     spent["checkpoint_s"], 100 * val["eer"], best, ckpt.directory)
+        logging.info(
+            "done: %d steps in %s (steps %.0f s, input %.1f s, validation %.1f s, "
+            "checkpoints %.1f s); final validation EER %.2f%%; best checkpoint: step "
+            "%s; checkpoints in %s",
+            num_steps,
+            datetime.timedelta(seconds=round(wall)),
+            spent["steps_s"],
+            spent["input_s"],
+            spent["validation_s"],
+            spent["checkpoint_s"],
+            100 * val["eer"],
+            best,
+            ckpt.directory,
+        )
     ckpt.close()
     return summary
 
 
-def _check_finite(guard: faults.NonFiniteGuard, step: int, saved: int | None,
-                  ckpt: checkpointing.Checkpointer, writer: Any) -> None:
+def _check_finite(
+    guard: faults.NonFiniteGuard,
+    step: int,
+    saved: int | None,
+    ckpt: checkpointing.Checkpointer,
+    writer: Any,
+) -> None:
     """guard.check; when it stops training, the good saves in flight finish first."""
     try:
         guard.check(step, saved, ckpt.directory)

@@ -194,10 +194,12 @@ def _old_blur(images, sigma):
     """The first blur: two 1-channel 'SAME' convolutions with the Gaussian taps."""
     k = jnp.asarray(augment_lib._gaussian_kernel(sigma))
     dn = ("NHWC", "HWIO", "NHWC")
-    x = jax.lax.conv_general_dilated(images, k.reshape(-1, 1, 1, 1), (1, 1), "SAME",
-                                     dimension_numbers=dn)
-    return jax.lax.conv_general_dilated(x, k.reshape(1, -1, 1, 1), (1, 1), "SAME",
-                                        dimension_numbers=dn)
+    x = jax.lax.conv_general_dilated(
+        images, k.reshape(-1, 1, 1, 1), (1, 1), "SAME", dimension_numbers=dn
+    )
+    return jax.lax.conv_general_dilated(
+        x, k.reshape(1, -1, 1, 1), (1, 1), "SAME", dimension_numbers=dn
+    )
 
 
 def _old_augment(images, rng, cfg):

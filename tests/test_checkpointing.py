@@ -51,14 +51,16 @@ def _abstract(cfg):
     model = models.create_model(cfg.model)
     return checkpointing.abstract_with_sharding(
         jax.eval_shape(lambda r: train_state.create_train_state(cfg, model, r), jax.random.key(0)),
-        parallel.replicated(parallel.make_mesh()))
+        parallel.replicated(parallel.make_mesh()),
+    )
 
 
 def _largest_array_file(step_dir):
     files = []
     for root, _, names in os.walk(os.path.join(step_dir, "state")):
-        files += [os.path.join(root, n) for n in names if os.sep + "d" + os.sep in
-                  os.path.join(root, n)]
+        files += [
+            os.path.join(root, n) for n in names if os.sep + "d" + os.sep in os.path.join(root, n)
+        ]
     return max(files, key=os.path.getsize)
 
 
@@ -97,8 +99,9 @@ def test_finished_saves_carry_a_digest_that_matches(trained):
 
 
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
-def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_good_one(trained, tfds_dir, tmp_path,
-                                                                       kind, caplog):
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_good_one(
+    trained, tfds_dir, tmp_path, kind, caplog
+):
     wd = _copy(trained, tmp_path)
     DAMAGE[kind](os.path.join(wd, "checkpoints", "12"))
     cfg = _cfg(tfds_dir)
@@ -179,7 +182,8 @@ def test_keep_policy_keeps_the_newest_verified_step(tmp_path):
 
 
 def test_a_failed_save_is_one_line_naming_the_folder_and_keeps_what_was_saved(
-        trained, tfds_dir, tmp_path, monkeypatch):
+    trained, tfds_dir, tmp_path, monkeypatch
+):
     """ENOSPC injected into the save (for machines where no small file system can be mounted;
     the tmpfs test below fills a real disk through train_and_evaluate)."""
     wd = _copy(trained, tmp_path)
@@ -208,8 +212,12 @@ def _mount_tmpfs(path, size):
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
     os.makedirs(path, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def test_a_disk_that_fills_during_training_stops_it_cleanly(tfds_dir, tmp_path):
@@ -219,8 +227,14 @@ def test_a_disk_that_fills_during_training_stops_it_cleanly(tfds_dir, tmp_path):
         pytest.skip("cannot mount a tmpfs here (not root)")
     try:
         wd = str(mnt / "run")
-        cfg = _cfg(tfds_dir, num_train_steps=200, checkpoint_every_steps=2, keep_checkpoints=200,
-                   eval_every_steps=1000, log_every_steps=50)
+        cfg = _cfg(
+            tfds_dir,
+            num_train_steps=200,
+            checkpoint_every_steps=2,
+            keep_checkpoints=200,
+            eval_every_steps=1000,
+            log_every_steps=50,
+        )
         with pytest.raises(UserError) as e:
             train_lib.train_and_evaluate(cfg, wd)
         msg = str(e.value)
@@ -258,11 +272,23 @@ def test_eval_and_verify_beside_a_saving_trainer(trained, tfds_dir, tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = ""
     trainer = subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "train.py"), "--config=configs/synthetic.py:tiny",
-         f"--workdir={wd}", f"--config.tfds_data_dir={tfds_dir}",
-         "--config.num_train_steps=100000", "--config.checkpoint_every_steps=1",
-         "--config.keep_checkpoints=2", "--config.eval_every_steps=50"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            os.path.join(REPO, "train.py"),
+            "--config=configs/synthetic.py:tiny",
+            f"--workdir={wd}",
+            f"--config.tfds_data_dir={tfds_dir}",
+            "--config.num_train_steps=100000",
+            "--config.checkpoint_every_steps=1",
+            "--config.keep_checkpoints=2",
+            "--config.eval_every_steps=50",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     cfg = _cfg(tfds_dir)
     seen, restores = set(), 0
     try:
@@ -275,8 +301,7 @@ def test_eval_and_verify_beside_a_saving_trainer(trained, tfds_dir, tmp_path):
         page[20:40, 10:80] = np.random.default_rng(0).integers(0, 60, (20, 70))
         Image.fromarray(page).save(img)
         deadline = time.time() + 300
-        while trainer.poll() is None and time.time() < deadline and (restores < 8
-                                                                       or len(seen) < 3):
+        while trainer.poll() is None and time.time() < deadline and (restores < 8 or len(seen) < 3):
             ckpt = checkpointing.Checkpointer(wd, read_only=True)
             step, state, meta = ckpt.restore_latest_good(_abstract(cfg))
             ckpt.close()

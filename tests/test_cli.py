@@ -12,11 +12,13 @@ TINY = "--config=configs/synthetic.py:tiny"
 
 
 def _run(*args, tfds_dir, timeout=600):
-    env = dict(os.environ, SIAMJAX_TFDS_DIR=str(tfds_dir), JAX_PLATFORMS="cpu",
-               TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(
+        os.environ, SIAMJAX_TFDS_DIR=str(tfds_dir), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2"
+    )
     env["XLA_FLAGS"] = ""  # One CPU device, as a user has.
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.slow
@@ -55,8 +57,9 @@ def test_missing_config_file(tmp_path, tfds_dir):
 
 
 def test_unknown_config_key(tmp_path, tfds_dir):
-    r = _run("train.py", TINY, "--config.model.no_such_key=3", f"--workdir={tmp_path}",
-             tfds_dir=tfds_dir)
+    r = _run(
+        "train.py", TINY, "--config.model.no_such_key=3", f"--workdir={tmp_path}", tfds_dir=tfds_dir
+    )
     _one_line_error(r, "no_such_key")
     assert not os.listdir(tmp_path)
 

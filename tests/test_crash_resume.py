@@ -23,8 +23,13 @@ from siamjax.errors import EXIT_PREEMPTED
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILLS = 10
 STEPS = 60
-OVERRIDES = {"num_train_steps": STEPS, "checkpoint_every_steps": 2, "eval_every_steps": 30,
-             "log_every_steps": 10, "keep_checkpoints": 2}
+OVERRIDES = {
+    "num_train_steps": STEPS,
+    "checkpoint_every_steps": 2,
+    "eval_every_steps": 30,
+    "log_every_steps": 10,
+    "keep_checkpoints": 2,
+}
 READY = "training steps"  # Logged once the state is restored and training begins.
 TMP_MARK = "orbax-checkpoint-tmp"  # orbax's name for a step directory being written.
 
@@ -49,8 +54,9 @@ class _Run:
     def __init__(self, cmd, env, log_path):
         self.log_path = log_path
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=self.log)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=self.log
+        )
         self.started = time.monotonic()
 
     def text(self):
@@ -101,17 +107,24 @@ def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(tmp_pa
     ckpt_dir = os.path.join(wd, "checkpoints")
 
     def command(workdir):
-        return [sys.executable, os.path.join(REPO, "train.py"),
-                "--config=configs/synthetic.py:tiny", f"--workdir={workdir}",
-                f"--config.tfds_data_dir={tfds_dir}"] + [
-                    f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+        return [
+            sys.executable,
+            os.path.join(REPO, "train.py"),
+            "--config=configs/synthetic.py:tiny",
+            f"--workdir={workdir}",
+            f"--config.tfds_data_dir={tfds_dir}",
+        ] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
 
     cmd = command(wd)
     # One CPU device (not the 8 the rest of the suite simulates): faster steps and compiles.
-    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="",
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=REPO,
+        XLA_FLAGS="",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+    )
     # The uninterrupted run; it also prepares the dataset and fills the compilation cache.
     run = _Run(command(reference), env, str(tmp_path / "reference.log"))
     assert run.finish() == 0, run.text()[-3000:]
@@ -130,8 +143,9 @@ def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(tmp_pa
             time.sleep(rng.uniform(0.5, 8.0))
         else:
             if not run.wait_for(READY, timeout=240):
-                pytest.fail(f"train.py ended before training (rc {run.finish()}):\n"
-                            f"{run.text()[-3000:]}")
+                pytest.fail(
+                    f"train.py ended before training (rc {run.finish()}):\n{run.text()[-3000:]}"
+                )
             _wait_for_progress(run, ckpt_dir, before)
             if mode == "in a save":
                 deadline = time.monotonic() + 10
@@ -149,8 +163,9 @@ def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(tmp_pa
             modes.append(mode)
             continue
         if run.proc.poll() is not None:  # Finished before the kill.
-            pytest.fail(f"train.py exited (rc {run.finish()}) before kill {kills + 1}: use more "
-                        "steps")
+            pytest.fail(
+                f"train.py exited (rc {run.finish()}) before kill {kills + 1}: use more steps"
+            )
         run.proc.kill()
         run.finish()
         kills += 1

@@ -41,8 +41,9 @@ def test_enrollment_means_equal_the_model_on_reference_pairs(trained):
     mesh = parallel.make_mesh()
     model, variables, _, _ = inference.restore(cfg, workdir, None, mesh)
     data = Data(cfg)
-    trials = pairs.reference_trials(data.catalog.writer, data.catalog.is_genuine,
-                                    data.indices["test"], 2, seed=0)
+    trials = pairs.reference_trials(
+        data.catalog.writer, data.catalog.is_genuine, data.indices["test"], 2, seed=0
+    )
     scorer = inference.Scorer(model, mesh, cfg.eval_batch_size)
     means = inference.enrollment_means(scorer, variables, data.catalog.images, trials)
     r1, r2 = trials.references[0]
@@ -85,9 +86,12 @@ def test_swap_effect_is_zero_only_for_a_symmetric_head(combine):
     images = rng.integers(0, 256, (6, cfg.image_height, cfg.image_width, 1), dtype=np.uint8)
     dummy = np.zeros((2, cfg.image_height, cfg.image_width, 1), np.uint8)
     variables = model.init({"params": jax.random.key(1)}, dummy, dummy, train=False)
-    trials = pairs.Trials(questioned=np.array([1, 2, 4], np.int32),
-                          references=np.array([[0], [3], [5]], np.int32),
-                          kind=np.array([0, 1, 2], np.int32), label=np.array([1, 0, 0], np.int32))
+    trials = pairs.Trials(
+        questioned=np.array([1, 2, 4], np.int32),
+        references=np.array([[0], [3], [5]], np.int32),
+        kind=np.array([0, 1, 2], np.int32),
+        label=np.array([1, 0, 0], np.int32),
+    )
     scorer = inference.Scorer(model, parallel.make_mesh(), 8)
     got = eval_lib.swap_effect(scorer, variables, images, trials, threshold=0.5)
     # Independently: the model applied to (r, q) and to (q, r).

@@ -31,6 +31,7 @@ def _cfg(tfds_dir, **overrides):
 def inf_learning_rate_from_step_6(monkeypatch):
     """The learning rate becomes +inf at step BAD_FROM: that update makes the parameters
     non-finite (and every later loss NaN)."""
+
     def schedule(config, num_steps):
         return lambda count: jnp.where(count < BAD_FROM - 1, config.learning_rate, jnp.inf)
 
@@ -48,7 +49,8 @@ def _all_finite(tree):
 
 
 def test_a_nan_stops_training_naming_the_step_and_saves_nothing_after(
-        tfds_dir, tmp_path, inf_learning_rate_from_step_6):
+    tfds_dir, tmp_path, inf_learning_rate_from_step_6
+):
     wd = str(tmp_path)
     cfg = _cfg(tfds_dir, log_every_steps=4, num_train_steps=8)
     with pytest.raises(NonFiniteError, match=rf"^step {BAD_FROM}: .*NaN or Inf") as e:
@@ -61,8 +63,9 @@ def test_a_nan_stops_training_naming_the_step_and_saves_nothing_after(
     assert _all_finite(_params(cfg, wd, 4))
 
 
-def test_skip_mode_skips_and_counts_nonfinite_steps(tfds_dir, tmp_path,
-                                                    inf_learning_rate_from_step_6):
+def test_skip_mode_skips_and_counts_nonfinite_steps(
+    tfds_dir, tmp_path, inf_learning_rate_from_step_6
+):
     wd = str(tmp_path)
     cfg = _cfg(tfds_dir, skip_nonfinite_steps=True, num_train_steps=8)
     summary = train_lib.train_and_evaluate(cfg, wd)
@@ -73,11 +76,14 @@ def test_skip_mode_skips_and_counts_nonfinite_steps(tfds_dir, tmp_path,
     final, before = _params(cfg, wd, 8), _params(cfg, wd, BAD_FROM - 2)
     assert _all_finite(final)
     # Step 5 changes the parameters, then nothing does: step 6's checkpoint equals step 8's.
-    for x, y in zip(jax.tree.leaves(_params(cfg, wd, BAD_FROM)), jax.tree.leaves(final),
-                    strict=True):
+    for x, y in zip(
+        jax.tree.leaves(_params(cfg, wd, BAD_FROM)), jax.tree.leaves(final), strict=True
+    ):
         np.testing.assert_array_equal(x, y)
-    assert any(not np.array_equal(x, y) for x, y in
-               zip(jax.tree.leaves(before), jax.tree.leaves(final), strict=True))
+    assert any(
+        not np.array_equal(x, y)
+        for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(final), strict=True)
+    )
     ckpt = checkpointing.Checkpointer(wd, read_only=True)
     assert ckpt.restore_meta(8)["skipped_nonfinite_steps"] == skipped
     ckpt.close()
@@ -119,7 +125,6 @@ def test_sigterm_checkpoints_the_step_and_flushes(tfds_dir, tmp_path, monkeypatc
     ckpt.close()
     events = [f for f in os.listdir(wd) if f.startswith("events.out.tfevents")]
     assert events and os.path.getsize(os.path.join(wd, events[0])) > 0  # Flushed (step 4 log).
-
 
 
 def test_preemption_watcher_restores_the_previous_handler():

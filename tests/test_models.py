@@ -23,7 +23,12 @@ def test_signet_matches_the_pytorch_reference_layer_for_layer():
     model, variables, x = _init(cfg)
     p = variables["params"]["encoder"]
     assert [p[f"conv{i}"]["kernel"].shape for i in range(5)] == [
-        (11, 11, 1, 96), (5, 5, 96, 256), (3, 3, 256, 384), (3, 3, 384, 384), (3, 3, 384, 256)]
+        (11, 11, 1, 96),
+        (5, 5, 96, 256),
+        (3, 3, 256, 384),
+        (3, 3, 384, 384),
+        (3, 3, 384, 256),
+    ]
     assert p["fc0"]["kernel"].shape == (3 * 5 * 256, 2048)
     assert p["fc1"]["kernel"].shape == (2048, 2048)
     assert p["embedding"]["kernel"].shape == (2048, 128)
@@ -78,8 +83,10 @@ def test_embed_and_score_equal_the_full_forward():
     assert jnp.allclose(full, cached, atol=1e-5)
 
 
-@pytest.mark.parametrize("key,value", [("encoder", "resnet"), ("combine", "product"),
-                                       ("dtype", "float8"), ("init", "xavier")])
+@pytest.mark.parametrize(
+    "key,value",
+    [("encoder", "resnet"), ("combine", "product"), ("dtype", "float8"), ("init", "xavier")],
+)
 def test_unknown_choices_are_user_errors(key, value):
     cfg = synthetic.get_config("tiny")
     cfg.model[key] = value
@@ -96,7 +103,11 @@ def test_vgg_encoder_with_patchify_stem():
     model, variables, x = _init(cfg)
     p = variables["params"]["encoder"]
     assert [p[f"conv{i}"]["kernel"].shape for i in range(4)] == [
-        (4, 4, 1, 32), (3, 3, 32, 64), (3, 3, 64, 96), (3, 3, 96, 128)]
+        (4, 4, 1, 32),
+        (3, 3, 32, 64),
+        (3, 3, 64, 96),
+        (3, 3, 96, 128),
+    ]
     # 150x220 -> 37x55 (stem) -> 18x27 -> 9x13 -> 4x6 after the three pools.
     assert p["fc0"]["kernel"].shape == (4 * 6 * 128, 256)
     logits = model.apply(variables, x, x, train=False)

@@ -27,8 +27,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # PIL on corrupt
 FUZZ_EXAMPLES = int(os.environ.get("SIAMJAX_FUZZ_EXAMPLES", "600"))
 H, W = 32, 48
 NAME = "fuzz/case.bin"
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 # Bound on the peak-RSS growth of the whole fuzz run. The largest image accepted is
 # DEFAULT_MAX_PIXELS (100 MP): a header claiming just under it makes PIL allocate the pixels before
 # finding the data truncated. Measured under load: see the printed report.
@@ -50,9 +55,11 @@ def _no_temp_files_and_bounded_memory(tmp_path_factory):
         os.environ.pop("TMPDIR")
     else:
         os.environ["TMPDIR"] = old_env
-    print(f"\nfuzz: {_count['cases']} cases ({_count['images']} images, {_count['errors']} "
-          f"one-line errors); peak RSS {peak:.0f} MB (before {rss_before:.0f} MB, growth "
-          f"{peak - rss_before:.0f} MB)")
+    print(
+        f"\nfuzz: {_count['cases']} cases ({_count['images']} images, {_count['errors']} "
+        f"one-line errors); peak RSS {peak:.0f} MB (before {rss_before:.0f} MB, growth "
+        f"{peak - rss_before:.0f} MB)"
+    )
     assert os.listdir(tmp) == [], "temporary files left behind"
     assert peak - rss_before < MAX_RSS_GROWTH_MB
 
@@ -106,8 +113,11 @@ def noise_images(draw):
             base = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
             im = Image.fromarray(a[..., 0] if channels == 1 else a, base)
             if mode != base:
-                im = im.convert(mode) if mode != "CMYK" else Image.frombytes(
-                    "CMYK", (w, h), a.tobytes())
+                im = (
+                    im.convert(mode)
+                    if mode != "CMYK"
+                    else Image.frombytes("CMYK", (w, h), a.tobytes())
+                )
         ims.append(im)
     buf = io.BytesIO()
     if frames > 1:
@@ -130,8 +140,10 @@ def test_truncated_images(data, keep):
 
 
 @FUZZ
-@given(noise_images(), st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)),
-                                min_size=1, max_size=8))
+@given(
+    noise_images(),
+    st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), min_size=1, max_size=8),
+)
 def test_images_with_garbage_bytes(data, flips):
     b = bytearray(data)
     for where, value in flips:
@@ -150,20 +162,37 @@ def test_random_bytes(data):
 
 def _png_header(w, h, depth, color):
     ihdr = struct.pack(">IIBBBBB", w, h, depth, color, 0, 0, 0)
-    chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body  # noqa: E731
-                                + struct.pack(">I", zlib.crc32(kind + body)))
+    chunk = lambda kind, body: (
+        struct.pack(">I", len(body))
+        + kind
+        + body  # noqa: E731
+        + struct.pack(">I", zlib.crc32(kind + body))
+    )
     idat = zlib.compress(b"\0" * 64)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def _tiff_header(w, h, bits):
-    entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, bits), (259, 3, 1, 1),
-               (262, 3, 1, 1), (273, 4, 1, 8 + 2 + 12 * 8 + 4), (278, 4, 1, h),
-               (279, 4, 1, 64)]
-    ifd = struct.pack("<H", len(entries)) + b"".join(
-        struct.pack("<HHII", tag, typ, n, v) if typ == 4 else struct.pack("<HHIHH", tag, typ, n,
-                                                                          v, 0)
-        for tag, typ, n, v in entries) + struct.pack("<I", 0)
+    entries = [
+        (256, 4, 1, w),
+        (257, 4, 1, h),
+        (258, 3, 1, bits),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8 + 2 + 12 * 8 + 4),
+        (278, 4, 1, h),
+        (279, 4, 1, 64),
+    ]
+    ifd = (
+        struct.pack("<H", len(entries))
+        + b"".join(
+            struct.pack("<HHII", tag, typ, n, v)
+            if typ == 4
+            else struct.pack("<HHIHH", tag, typ, n, v, 0)
+            for tag, typ, n, v in entries
+        )
+        + struct.pack("<I", 0)
+    )
     return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x80" * 64
 
 
@@ -172,7 +201,7 @@ def _patch_jpeg(w, h):
     Image.new("L", (8, 8), 128).save(buf, "JPEG")
     b = bytearray(buf.getvalue())
     i = b.index(b"\xff\xc0")
-    b[i + 5: i + 9] = struct.pack(">HH", h, w)
+    b[i + 5 : i + 9] = struct.pack(">HH", h, w)
     return bytes(b)
 
 
@@ -182,7 +211,7 @@ def _patch_gif(w, h):
     b = bytearray(buf.getvalue())
     b[6:10] = struct.pack("<HH", w, h)
     i = b.index(b"\x2c")  # The image descriptor.
-    b[i + 5: i + 9] = struct.pack("<HH", w, h)
+    b[i + 5 : i + 9] = struct.pack("<HH", w, h)
     return bytes(b)
 
 
@@ -190,8 +219,13 @@ SIDE = st.one_of(st.integers(0, 2), st.integers(1, 70_000), st.integers(1, 2**31
 
 
 @FUZZ
-@given(st.sampled_from(["png", "tiff", "jpeg", "gif"]), SIDE, SIDE,
-       st.sampled_from([1, 8, 16]), st.sampled_from([0, 2, 4, 6]))
+@given(
+    st.sampled_from(["png", "tiff", "jpeg", "gif"]),
+    SIDE,
+    SIDE,
+    st.sampled_from([1, 8, 16]),
+    st.sampled_from([0, 2, 4, 6]),
+)
 def test_headers_claiming_huge_or_empty_images(kind, w, h, depth, color):
     if kind == "png":
         data = _png_header(w, h, depth if color == 0 else 8, color)
@@ -206,8 +240,12 @@ def test_headers_claiming_huge_or_empty_images(kind, w, h, depth, color):
 
 def test_gigapixel_headers_are_refused_without_allocating():
     """Explicit cases: a claimed 10^10-pixel image is refused from its header alone."""
-    for data in (_png_header(100_000, 100_000, 8, 0), _tiff_header(100_000, 100_000, 8),
-                 _patch_jpeg(65535, 65535), _patch_gif(65535, 65535)):
+    for data in (
+        _png_header(100_000, 100_000, 8, 0),
+        _tiff_header(100_000, 100_000, 8),
+        _patch_jpeg(65535, 65535),
+        _patch_gif(65535, 65535),
+    ):
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         with pytest.raises(UserError, match=r"exceeds the limit|decompression bomb"):
             preprocess.preprocess_bytes(data, NAME, H, W)
@@ -217,7 +255,8 @@ def test_gigapixel_headers_are_refused_without_allocating():
 def test_a_two_pixel_16_bit_png_is_a_one_line_error_not_a_crash():
     """Found by this fuzzing: Otsu's threshold fell below both pixels and ink_box crashed."""
     data = _png_header(2, 1, 16, 0)[:33] + bytes.fromhex(
-        "0000000d49444154789c638838782d1b0005bf025bed4576480000000049454e44ae426082")
+        "0000000d49444154789c638838782d1b0005bf025bed4576480000000049454e44ae426082"
+    )
     assert preprocess.load_image(data).shape == (1, 2)
     with pytest.raises(UserError, match="no ink"):
         preprocess.preprocess_bytes(data, NAME, H, W)

@@ -9,8 +9,15 @@ import tensorflow_datasets as tfds
 from siamjax import synthetic
 from siamjax.datasets.synthetic import synthetic_dataset_builder as builder_lib
 
-SETTINGS = synthetic.Settings(num_writers=6, genuine_per_writer=5, forgeries_per_writer=5,
-                              forgers_per_writer=2, height=48, width=72, seed=7)
+SETTINGS = synthetic.Settings(
+    num_writers=6,
+    genuine_per_writer=5,
+    forgeries_per_writer=5,
+    forgers_per_writer=2,
+    height=48,
+    width=72,
+    seed=7,
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +61,20 @@ def _auc(pos, neg):
 def test_ink_amount_does_not_separate_genuine_from_forged(examples):
     """Within each writer, total ink of genuine vs forged: an AUC near 0.5 on average, so the
     model cannot win by counting pixels."""
-    aucs = [_auc([g.sum() for g in gs], [f.sum() for f in fs])
-            for gs, fs in _by_writer(examples).values()]
+    aucs = [
+        _auc([g.sum() for g in gs], [f.sum() for f in fs])
+        for gs, fs in _by_writer(examples).values()
+    ]
     assert 0.25 < np.mean(aucs) < 0.75, aucs
 
 
 def _blur_distance(a, b):
     """Mean absolute difference of 4x-downsampled images: tolerant to small shifts."""
+
     def small(x):
         h, w = x.shape[0] // 4 * 4, x.shape[1] // 4 * 4
         return x[:h, :w].reshape(h // 4, 4, w // 4, 4).mean(axis=(1, 3))
+
     return float(np.abs(small(a) - small(b)).mean())
 
 
@@ -81,8 +92,15 @@ def test_forgeries_sit_between_genuine_variation_and_other_writers(examples):
 
 
 def test_tfds_round_trip(tmp_path):
-    settings = synthetic.Settings(num_writers=3, genuine_per_writer=2, forgeries_per_writer=2,
-                                  forgers_per_writer=1, height=32, width=48, seed=1)
+    settings = synthetic.Settings(
+        num_writers=3,
+        genuine_per_writer=2,
+        forgeries_per_writer=2,
+        forgers_per_writer=1,
+        height=32,
+        width=48,
+        seed=1,
+    )
     b = builder_lib.make_builder(settings, data_dir=str(tmp_path))
     b.download_and_prepare()
     assert b.builder_config.name == "w3_g2_f2_k1_32x48_s1"

@@ -31,8 +31,9 @@ def _params(workdir, step):
 def _final_state(cfg, workdir):
     from siamjax import inference, parallel
 
-    _, variables, step, _ = inference.restore(cfg, str(workdir), cfg.num_train_steps,
-                                              parallel.make_mesh())
+    _, variables, step, _ = inference.restore(
+        cfg, str(workdir), cfg.num_train_steps, parallel.make_mesh()
+    )
     return jax.device_get(variables), step
 
 

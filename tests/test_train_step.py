@@ -12,9 +12,11 @@ from siamjax.models import create_model
 def _batch(n, h=32, w=48, seed=0):
     """n fixed pairs of random images with random labels: only memorisation can fit them."""
     rng = np.random.default_rng(seed)
-    return {"image_a": rng.integers(0, 256, (n, h, w, 1), dtype=np.uint8),
-            "image_b": rng.integers(0, 256, (n, h, w, 1), dtype=np.uint8),
-            "label": np.tile(np.array([0, 1], np.int32), n // 2)}
+    return {
+        "image_a": rng.integers(0, 256, (n, h, w, 1), dtype=np.uint8),
+        "image_b": rng.integers(0, 256, (n, h, w, 1), dtype=np.uint8),
+        "label": np.tile(np.array([0, 1], np.int32), n // 2),
+    }
 
 
 def _setup(cfg, devices):

@@ -29,9 +29,11 @@ def raw_data_dir(config: ml_collections.ConfigDict) -> str:
     """The folder holding the raw sets (sigcomp2011/, cedar/): config, else $SIAMJAX_DATA_DIR."""
     path = config.data_dir or os.environ.get("SIAMJAX_DATA_DIR", "")
     if not path:
-        raise UserError(f"config.dataset={config.dataset!r} needs its raw files: set "
-                        "--config.data_dir or SIAMJAX_DATA_DIR to the folder that holds "
-                        "sigcomp2011/ and cedar/ (see README, 'Using real data').")
+        raise UserError(
+            f"config.dataset={config.dataset!r} needs its raw files: set "
+            "--config.data_dir or SIAMJAX_DATA_DIR to the folder that holds "
+            "sigcomp2011/ and cedar/ (see README, 'Using real data')."
+        )
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(path):
         raise UserError(f"data dir {path} does not exist.")
@@ -41,10 +43,15 @@ def raw_data_dir(config: ml_collections.ConfigDict) -> str:
 def synthetic_settings(config: ml_collections.ConfigDict) -> synthetic.Settings:
     """The generator settings of `config.synthetic`, at the config's image size."""
     s = config.synthetic
-    return synthetic.Settings(num_writers=s.num_writers, genuine_per_writer=s.genuine_per_writer,
-                              forgeries_per_writer=s.forgeries_per_writer,
-                              forgers_per_writer=s.forgers_per_writer, height=config.image_height,
-                              width=config.image_width, seed=s.seed)
+    return synthetic.Settings(
+        num_writers=s.num_writers,
+        genuine_per_writer=s.genuine_per_writer,
+        forgeries_per_writer=s.forgeries_per_writer,
+        forgers_per_writer=s.forgers_per_writer,
+        height=config.image_height,
+        width=config.image_width,
+        seed=s.seed,
+    )
 
 
 def make_builder(config: ml_collections.ConfigDict) -> tuple[tfds.core.DatasetBuilder, str | None]:
@@ -71,13 +78,22 @@ def make_builder(config: ml_collections.ConfigDict) -> tuple[tfds.core.DatasetBu
 
         r = config.real
         if not r.folder_root or not r.pattern:
-            raise UserError("config.dataset='signature_folder' needs config.real.folder_root and "
-                            "config.real.pattern (see configs/bhsig260.py).")
+            raise UserError(
+                "config.dataset='signature_folder' needs config.real.folder_root and "
+                "config.real.pattern (see configs/bhsig260.py)."
+            )
         manual = raw_data_dir(config) if not os.path.isabs(r.folder_root) else None
         return signature_folder.make_builder(
-            root=r.folder_root, pattern=r.pattern, height=h, width=w, data_dir=out,
-            genuine_values=r.genuine_values, forged_values=r.forged_values,
-            folder_name=r.folder_name, skip_bad_files=skip), manual
+            root=r.folder_root,
+            pattern=r.pattern,
+            height=h,
+            width=w,
+            data_dir=out,
+            genuine_values=r.genuine_values,
+            forged_values=r.forged_values,
+            folder_name=r.folder_name,
+            skip_bad_files=skip,
+        ), manual
     raise UserError(f"config.dataset={config.dataset!r}; use one of {DATASETS}.")
 
 
@@ -85,8 +101,7 @@ def prepare(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     """Builds the dataset once (offline, explicit data dir); later calls find it prepared."""
     builder, manual_dir = make_builder(config)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    logging.info("dataset %s/%s in %s", builder.name, builder.builder_config.name,
-                 builder.data_dir)
+    logging.info("dataset %s/%s in %s", builder.name, builder.builder_config.name, builder.data_dir)
     builder.download_and_prepare(download_config=download_config)
     return builder
 

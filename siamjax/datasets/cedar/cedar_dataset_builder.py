@@ -91,4 +91,3 @@ class Builder(real.RealBuilder):
 
     def _listing(self, dl_manager: tfds.download.DownloadManager) -> real.Listing:
         return list_files(find_root(real.manual_dir(dl_manager)))
-

@@ -79,8 +79,10 @@ def load(config: ml_collections.ConfigDict) -> Protocol:
     """The prepared SigComp2011 dataset with Kaggle's pair lists as train / validation / test."""
     if config.dataset != "sigcomp2011":
         raise UserError("config.split.method='kaggle_csv' needs config.dataset='sigcomp2011'.")
-    logging.warning("split 'kaggle_csv': Kaggle's pair lists share writers and images between "
-                    "train and test; the numbers overstate verification of unseen writers.")
+    logging.warning(
+        "split 'kaggle_csv': Kaggle's pair lists share writers and images between "
+        "train and test; the numbers overstate verification of unseen writers."
+    )
     builder = registry.prepare(config)
     parts = [catalog_lib.from_builder(builder, s, dedupe=False) for s in ("train", "test")]
     cat = catalog_lib.concatenate(parts)
@@ -90,8 +92,9 @@ def load(config: ml_collections.ConfigDict) -> Protocol:
     def as_pairs(rows: list[KagglePair]) -> pairs_lib.Pairs:
         missing = [r.path2 for r in rows if r.path1 not in where or r.path2 not in where]
         if missing:
-            raise UserError(f"Kaggle pair list names {missing[0]}, which the prepared "
-                            "dataset does not hold.")
+            raise UserError(
+                f"Kaggle pair list names {missing[0]}, which the prepared dataset does not hold."
+            )
         a = [where[r.path1] for r in rows]
         b = [where[r.path2] for r in rows]
         kind = [pairs_lib.GENUINE if r.label else pairs_lib.SKILLED for r in rows]
@@ -100,13 +103,18 @@ def load(config: ml_collections.ConfigDict) -> Protocol:
     train_rows = read_kaggle_pairs(root, "train")
     n_val = len(train_rows) // VALIDATION_SHARE
     is_test = np.char.startswith(cat.path.astype(str), "test/")
-    indices = {"train": np.flatnonzero(~is_test), "validation": np.flatnonzero(~is_test),
-               "test": np.flatnonzero(is_test)}
+    indices = {
+        "train": np.flatnonzero(~is_test),
+        "validation": np.flatnonzero(~is_test),
+        "test": np.flatnonzero(is_test),
+    }
     return Protocol(
         catalog=cat,
         train_pairs=as_pairs(train_rows[:-n_val]),
-        eval_pairs={"validation": as_pairs(train_rows[-n_val:]),
-                    "test": as_pairs(read_kaggle_pairs(root, "test"))},
+        eval_pairs={
+            "validation": as_pairs(train_rows[-n_val:]),
+            "test": as_pairs(read_kaggle_pairs(root, "test")),
+        },
         indices=indices,
         splits={k: sorted(set(cat.writer[v])) for k, v in indices.items()},
     )

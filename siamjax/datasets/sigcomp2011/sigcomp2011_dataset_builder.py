@@ -131,4 +131,3 @@ class Builder(real.RealBuilder):
             counts["test", True],
             counts["test", False],
         )
-

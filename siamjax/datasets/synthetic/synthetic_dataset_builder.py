@@ -24,8 +24,10 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     @classmethod
     def of(cls, settings: synthetic.Settings) -> SyntheticConfig:
         s = settings
-        name = (f"w{s.num_writers}_g{s.genuine_per_writer}_f{s.forgeries_per_writer}_"
-                f"k{s.forgers_per_writer}_{s.height}x{s.width}_s{s.seed}")
+        name = (
+            f"w{s.num_writers}_g{s.genuine_per_writer}_f{s.forgeries_per_writer}_"
+            f"k{s.forgers_per_writer}_{s.height}x{s.width}_s{s.seed}"
+        )
         return cls(name=name, settings=settings)
 
 
@@ -41,9 +43,11 @@ class SyntheticSignatures(tfds.core.GeneratorBasedBuilder):
         s = self.builder_config.settings
         return tfds.core.DatasetInfo(
             builder=self,
-            description=("Procedurally generated offline signatures: per writer, genuine samples "
-                         "with small natural variation and skilled forgeries by a few forgers "
-                         "with forger-specific deviations (tremor, proportions, slant)."),
+            description=(
+                "Procedurally generated offline signatures: per writer, genuine samples "
+                "with small natural variation and skilled forgeries by a few forgers "
+                "with forger-specific deviations (tremor, proportions, slant)."
+            ),
             features=common.features(s.height, s.width),
             supervised_keys=None,
             homepage="https://github.com/siamjax/siamjax",
