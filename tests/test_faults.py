@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import synthetic
-from siamjax import checkpointing, faults, inference, parallel, train_lib
+from siamjax import checkpointing, faults, inference, parallel, train_lib, train_state
 from siamjax.errors import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteError, Preempted
 
 BAD_FROM = 6  # The step whose update first goes to infinity.
@@ -35,7 +35,7 @@ def inf_learning_rate_from_step_6(monkeypatch):
     def schedule(config, num_steps):
         return lambda count: jnp.where(count < BAD_FROM - 1, config.learning_rate, jnp.inf)
 
-    monkeypatch.setattr(train_lib, "learning_rate_schedule", schedule)
+    monkeypatch.setattr(train_state, "learning_rate_schedule", schedule)
 
 
 def _params(cfg, wd, step):
