@@ -89,7 +89,7 @@ def measure(config, steps: int) -> dict[str, Any]:
         "pairs_per_s": pairs_per_s,
         "tflops": tflops,
         "first_step_s": first,
-        "final_loss": float(m["loss_sum"] / m["count"]),
+        "final_loss": float(m["train"].compute()["loss"]),
     }
 
 

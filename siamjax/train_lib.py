@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
+from clu import metrics as clu_metrics
 
 from siamjax import augment as augment_lib
 from siamjax import checkpointing, faults, inference, losses, metrics, models, parallel
@@ -34,7 +35,10 @@ from siamjax.train_state import TrainState, create_train_state
 def train_step(
     state: TrainState, batch: dict[str, jax.Array], *, config: ml_collections.ConfigDict
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimiser step on `config.loss` over a pair (or triplet) batch; device-side metric sums.
+    """One optimiser step on `config.loss` over a pair (or triplet) batch.
+
+    Returns the new state and {"train": TrainMetrics (clu running means, on the device), plus the
+    non-finite flags of siamjax.faults}.
 
     batch: image_a, image_b uint8 [B, H, W, 1]; label int32 [B] (1 = genuine pair); for 'triplet'
     also image_c, the negative of the anchor image_a (image_b is its positive, label 1).
@@ -91,14 +95,24 @@ def train_step(
         opt_state=faults.keep_if_finite(finite, new.opt_state, state.opt_state),
         batch_stats=faults.keep_if_finite(finite, new.batch_stats, state.batch_stats),
     )
-    n = jnp.where(finite, jnp.asarray(label.shape[0], jnp.float32), 0.0)
-    correct = jnp.sum(((logits > 0).astype(jnp.int32) == label).astype(jnp.float32))
-    return state, {
-        "loss_sum": jnp.where(finite, loss * n, 0.0),
-        "correct": jnp.where(finite, correct, 0.0),
-        "count": n,
-        **faults.step_flags(finite, new.step),
-    }
+    n = label.shape[0]  # Pairs the head scored.
+    train = TrainMetrics.single_from_model_output(
+        loss=jnp.full((n,), loss, jnp.float32),
+        correct=((logits > 0).astype(jnp.int32) == label).astype(jnp.float32),
+        mask=jnp.full((n,), finite),
+    )
+    return state, {"train": train, **faults.step_flags(finite, new.step)}
+
+
+# The training loss and the head's accuracy as clu running means: each step's are merged on the
+# device and fetched only on log steps. Both are per scored pair (the loss is the step's mean, so
+# with a fixed batch it is the mean over steps); a skipped non-finite step counts in neither.
+# (`Collection.create`, not a subclass: this module's postponed annotations would hide the
+# metric types from clu.)
+TrainMetrics = clu_metrics.Collection.create(
+    loss=clu_metrics.Average.from_output("loss"),
+    accuracy=clu_metrics.Average.from_output("correct"),
+)
 
 
 def state_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
@@ -289,8 +303,8 @@ def _train_and_evaluate(
         with _timed(spent, "input_s", report):
             batch = parallel.to_global(next(batches), mesh)
         state, m = step_fn(state, batch)
-        m = guard.add(m)
-        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+        m = guard.add(m)["train"]
+        sums = m if sums is None else sums.merge(m)
         last = step == num_steps
         logged = step % config.log_every_steps == 0 or last
         stop = preemption.should_stop(step % config.log_every_steps == 0)
@@ -299,12 +313,13 @@ def _train_and_evaluate(
         if logged or save:
             _check_finite(guard, step, saved, ckpt, writer)
         if logged:
-            s = jax.device_get(sums)  # Waits for the step: the report's rate is of finished steps.
+            # Waits for the step: the report's rate is of finished steps.
+            means = jax.device_get(sums).compute()
         report(step)  # Reports on the same steps (every log_every_steps, and the last).
         if logged:
             scalars = {
-                "train_loss": s["loss_sum"] / s["count"],
-                "train_accuracy": s["correct"] / s["count"],
+                "train_loss": float(means["loss"]),
+                "train_accuracy": float(means["accuracy"]),
             }
             writer.write_scalars(step, scalars)
             logging.info(

@@ -158,9 +158,10 @@ def test_a_few_steps_reduce_the_loss_on_fixed_data(loss):
     history = []
     for _ in range(15):
         state, m = step(state, batch)
-        history.append(float(m["loss_sum"] / m["count"]))
-    assert m["count"] == (32 if loss == "triplet" else 16)  # Triplets score two pairs each.
-    assert 0 <= m["correct"] <= m["count"]
+        history.append(float(m["train"].compute()["loss"]))
+    scored = m["train"].accuracy
+    assert scored.count == (32 if loss == "triplet" else 16)  # Triplets score two pairs each.
+    assert 0 <= scored.total <= scored.count
     assert np.mean(history[-3:]) < 0.7 * np.mean(history[:3]), history
     head_after = jax.device_get(state.params["head"])
     assert head_after["bias"] != head_before["bias"]  # The calibration term trains the head.

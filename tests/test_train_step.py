@@ -36,7 +36,7 @@ def test_the_model_overfits_16_fixed_pairs():
     first = None
     for _ in range(300):
         state, m = step(state, batch)
-        loss = float(m["loss_sum"] / m["count"])
+        loss = float(m["train"].compute()["loss"])
         first = loss if first is None else first
         if loss < 0.05:
             break
@@ -55,7 +55,7 @@ def _losses_at_design_lr(initial_accumulator, steps=60):
     losses = []
     for _ in range(steps):
         state, m = step(state, batch)
-        losses.append(float(m["loss_sum"] / m["count"]))
+        losses.append(float(m["train"].compute()["loss"]))
     return np.mean(losses[:5]), np.mean(losses[-5:])
 
 
