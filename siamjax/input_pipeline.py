@@ -123,22 +123,14 @@ class TrainData:
         self._images = tf.constant(data.catalog.images)
 
     def _pairs(self, epoch: int) -> pairs_lib.Pairs | pairs_lib.Triplets:
-        cat = self.data.catalog
-        if self.triplets:
-            return pairs_lib.sample_train_triplets(
-                cat.writer,
-                cat.is_genuine,
-                self.data.indices["train"],
-                self.config.pairs,
-                self.config.seed,
-                epoch,
-            )
-        if self.data.train_pairs is not None:
+        if self.data.train_pairs is not None and not self.triplets:  # Fixed lists (kaggle_csv).
             order = np.random.default_rng([self.config.seed, epoch, 7]).permutation(
                 len(self.data.train_pairs)
             )
             return self.data.train_pairs.take(order)
-        return pairs_lib.sample_train_pairs(
+        sample = pairs_lib.sample_train_triplets if self.triplets else pairs_lib.sample_train_pairs
+        cat = self.data.catalog
+        return sample(
             cat.writer,
             cat.is_genuine,
             self.data.indices["train"],
