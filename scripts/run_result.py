@@ -146,14 +146,24 @@ def protocol_of(config: dict) -> str:
 
 
 def git_commit() -> tuple[str, bool | None]:
-    """(HEAD, whether tracked files differ from it); ('unknown', None) outside a git checkout,
-    unless $SIAMJAX_COMMIT names the commit the tree was copied from."""
+    """(HEAD, whether tracked code differs from it); ('unknown', None) outside a git checkout,
+    unless $SIAMJAX_COMMIT names the commit the tree was copied from. Changes under results/ and
+    to README.md (what this script and results_table.py write) do not make the code dirty."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!results",
+                ":!README.md",
+            ],
             cwd=ROOT,
             capture_output=True,
             text=True,
