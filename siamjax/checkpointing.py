@@ -295,7 +295,7 @@ class Checkpointer:
                 try:
                     state, meta = self.restore(step, abstract_state)
                 except Exception as e:  # noqa: BLE001 - any unreadable step is skipped.
-                    problem, err = _first_line(e).split(": ", 1)[-1], e
+                    problem, err = one_line(e, lines="first")[:300].split(": ", 1)[-1], e
                 else:
                     if self._writable and not os.path.exists(
                         os.path.join(self.directory, str(step), DIGEST_FILE)
@@ -356,7 +356,7 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exception on bad files.
             raise UserError(
                 f"the checkpoint in {self.directory} (step {step}) cannot be read "
-                f"(damaged?): {_first_line(e)}"
+                f"(damaged?): {one_line(e, lines='first')[:300]}"
             ) from e
         return restored["state"], dict(restored["meta"])
 
@@ -408,11 +408,6 @@ class Checkpointer:
             self.wait()
         finally:
             self.manager.close()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
 def abstract_with_sharding(state: Any, sharding: jax.sharding.Sharding) -> Any:
