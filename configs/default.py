@@ -84,8 +84,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.vgg_stem = 1  # 'vgg': > 1 makes the first layer a stem x stem, stride-stem patchify.
     c.model.bn_momentum = 0.9  # BatchNorm running-average momentum.
     # How convolutions are computed (not part of the model: checkpoints move freely between them):
-    # 'auto' = 'matmul_dw' on the CPU (weight gradients as matmuls over input windows, see
-    # siamjax/conv.py; faster there) and 'xla' (XLA's own) on accelerators.
+    # 'xla' (XLA's own), 'matmul_dw' (weight gradients as matmuls over input windows, see
+    # siamjax/conv.py) or 'auto': XLA's, except on a CPU without siamjax/xla_flags.py's XNNPACK
+    # flags (an untested jaxlib), where 'matmul_dw' is faster. Pools take their fast gradient
+    # (siamjax/pool.py) unless this is 'xla'.
     c.model.conv_impl = "auto"
 
     # ---- Loss and optimiser -------------------------------------------------------------------

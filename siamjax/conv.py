@@ -12,7 +12,9 @@ gradient. Two forms of it, both exact:
   when k*k*Cin is small (SigNet's first layer: 11*11*1), where per-slice matmuls would be tiny.
 - `slices`: k*k matmuls [Cin, N*OH*OW] x [N*OH*OW, Cout] summed into place, no large buffer.
 The forward pass and the input gradient stay XLA's own (they are fast). Accelerators keep XLA's
-convolution untouched: `conv_general_dilated` here is only chosen on the CPU (see `for_backend`).
+convolution untouched, and so does a CPU whose convolutions go through XNNPACK (`siamjax.xla_flags`,
+which the entry points apply): there XLA's own weight gradient is faster than this one (see
+`for_backend`).
 
 Not for: dilated, grouped or non-NHWC convolutions; those fall back to `lax.conv_general_dilated`.
 """
@@ -164,11 +166,15 @@ def _is_nhwc(dimension_numbers) -> bool:
 
 def for_backend(impl: str, platform: str | None = None):
     """The convolution function for `config.model.conv_impl`: 'xla' (XLA's own), 'matmul_dw'
-    (this module's) or 'auto' (this module's on the CPU, where it is faster; XLA's elsewhere)."""
+    (this module's) or 'auto': XLA's, except on a CPU whose convolutions do not go through
+    XNNPACK (`siamjax.xla_flags` not applied), where this module's weight gradient is faster."""
     if impl not in CONV_IMPLS:
         from siamjax.errors import UserError
 
         raise UserError(f"config.model.conv_impl={impl!r}; use one of {CONV_IMPLS}.")
     if impl == "auto":
-        impl = "matmul_dw" if (platform or jax.default_backend()) == "cpu" else "xla"
+        from siamjax import xla_flags
+
+        on_cpu = (platform or jax.default_backend()) == "cpu"
+        impl = "matmul_dw" if on_cpu and not xla_flags.xnnpack_convolutions() else "xla"
     return conv_general_dilated if impl == "matmul_dw" else lax.conv_general_dilated
