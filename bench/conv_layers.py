@@ -1,0 +1,92 @@
+"""Times each SigNet convolution alone (forward, input and weight gradient) under given XLA flags.
+
+    python bench/conv_layers.py --flags=siamjax      # siamjax/xla_flags.py's (XNNPACK)
+    python bench/conv_layers.py --flags=default      # XLA's defaults
+    python bench/conv_layers.py \\
+        --flags="--xla_cpu_experimental_ynn_fusion_type=individual_convolution"
+
+Prints one JSON line: milliseconds per pass and layer (best of `--repeats`, `--images` images,
+XLA's own convolution and its own gradients), and their total. XLA reads its flags once per
+process, so compare flag sets by running this once per set, back to back (bench/README.md, "CPU
+levers"). conv0 has no input gradient (its input is the image).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# name, input HxW, Cin, Cout, kernel, stride, padding: SigNet at 150x220 (bench/cpu_levers.py).
+LAYERS = [
+    ("conv0", (150, 220), 1, 96, 11, 4, ((0, 0), (0, 0))),
+    ("conv1", (17, 26), 96, 256, 5, 1, ((2, 2), (2, 2))),
+    ("conv2", (8, 12), 256, 384, 3, 1, ((1, 1), (1, 1))),
+    ("conv3", (8, 12), 384, 384, 3, 1, ((1, 1), (1, 1))),
+    ("conv4", (8, 12), 384, 256, 3, 1, ((1, 1), (1, 1))),
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--flags", default="siamjax", help="'siamjax', 'default' or XLA_FLAGS itself")
+    p.add_argument("--images", type=int, default=64, help="batch of images (2 per pair)")
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    if a.flags == "siamjax":
+        os.environ["XLA_FLAGS"] = ""
+        from siamjax import xla_flags
+
+        xla_flags.apply()
+    else:
+        os.environ["XLA_FLAGS"] = "" if a.flags == "default" else a.flags
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    dn = ("NHWC", "HWIO", "NHWC")
+    rng = np.random.default_rng(0)
+    ms = {}
+    for name, hw, cin, cout, k, s, pads in LAYERS:
+        x = jnp.asarray(rng.random((a.images, *hw, cin)), jnp.float32)
+        w = jnp.asarray(rng.random((k, k, cin, cout)) * 0.01, jnp.float32)
+
+        def conv(x, w, s=s, pads=pads):
+            return lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=dn)
+
+        dy = jnp.ones_like(conv(x, w))
+        passes = {
+            "fwd": (jax.jit(conv), (x, w)),
+            "dx": (jax.jit(lambda x, w, dy, f=conv: jax.vjp(f, x, w)[1](dy)[0]), (x, w, dy)),
+            "dw": (jax.jit(lambda x, w, dy, f=conv: jax.vjp(f, x, w)[1](dy)[1]), (x, w, dy)),
+        }
+        for tag, (fn, args) in passes.items():
+            if name == "conv0" and tag == "dx":
+                continue
+            jax.block_until_ready(fn(*args))
+            best = float("inf")
+            for _ in range(a.repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(*args))
+                best = min(best, time.perf_counter() - t0)
+            ms[f"{name}_{tag}_ms"] = round(best * 1e3, 1)
+    total = round(sum(ms.values()), 1)
+    print(
+        json.dumps(
+            {
+                "benchmark": "conv_layers",
+                "xla_flags": os.environ["XLA_FLAGS"],
+                "images": a.images,
+                **ms,
+                "total_ms": total,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
