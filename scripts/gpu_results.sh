@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The SigNet design rows of the README's results table, on one H100/H200 with JAX preinstalled,
 # in about 5-8 minutes:
-#   sigcomp2011_signet    configs/sigcomp.py, writer-disjoint 70/15/15, seeds 0 1 2
-#   cedar_signet_kfold5   configs/cedar.py, --config.split.method=kfold, folds 0..4 (seed 0)
+#   sigcomp2011_signet_bf16    configs/sigcomp.py, writer-disjoint 70/15/15, seeds 0 1 2
+#   cedar_signet_bf16_kfold5   configs/cedar.py, --config.split.method=kfold, folds 0..4 (seed 0)
 # plus, with EXTRA_EVALS=1, two evaluation-only rows per SigComp seed on the same workdirs:
-#   sigcomp2011_signet_k5 (5 references, mean fusion) and sigcomp2011_to_cedar (cross-dataset).
+#   sigcomp2011_signet_bf16_k5 (5 references, mean fusion), sigcomp2011_signet_bf16_to_cedar.
+# The rows are named _bf16: bfloat16 runs on a GPU are other runs than the float32 CPU rows of
+# scripts/cpu_results.sh (sigcomp2011_signet, ...), and a row's runs must be alike.
 # Every run goes through scripts/run_result.py into results/<row>/<run>/; then
 # scripts/results_table.py rebuilds results/table.json and the README table.
 #
@@ -107,13 +109,13 @@ sigcomp_chain() {  # One seed: train + evaluate, then the evaluation-only rows o
   local seed="$1"
   local args=(-- --config=configs/sigcomp.py "--config.seed=$seed" "${MODEL_ARGS[@]}")
   # errexit does not hold inside `launch`'s `||`: each step returns its own failure.
-  "$PYTHON" scripts/run_result.py --row sigcomp2011_signet --run "seed$seed" --order 10 \
+  "$PYTHON" scripts/run_result.py --row sigcomp2011_signet_bf16 --run "seed$seed" --order 13 \
     "${args[@]}" || return
   if [ "$EXTRA_EVALS" = 1 ]; then
-    "$PYTHON" scripts/run_result.py --row sigcomp2011_signet_k5 --train_row sigcomp2011_signet \
-      --run "seed$seed" --order 11 --eval_args="--config.eval.references=5" "${args[@]}" || return
-    "$PYTHON" scripts/run_result.py --row sigcomp2011_to_cedar --train_row sigcomp2011_signet \
-      --run "seed$seed" --order 12 --eval_args="--config.eval.dataset=cedar" "${args[@]}" || return
+    "$PYTHON" scripts/run_result.py --row sigcomp2011_signet_bf16_k5 \
+      --train_row sigcomp2011_signet_bf16 --run "seed$seed" --order 14 --eval_args="--config.eval.references=5" "${args[@]}" || return
+    "$PYTHON" scripts/run_result.py --row sigcomp2011_signet_bf16_to_cedar \
+      --train_row sigcomp2011_signet_bf16 --run "seed$seed" --order 15 --eval_args="--config.eval.dataset=cedar" "${args[@]}" || return
   fi
 }
 
@@ -123,8 +125,8 @@ for seed in $SEEDS; do
   launch "sigcomp_seed$seed" sigcomp_chain "$seed"
 done
 for fold in $FOLDS; do
-  launch "cedar_fold$fold" "$PYTHON" scripts/run_result.py --row cedar_signet_kfold5 \
-    --run "fold$fold" --order 20 -- --config=configs/cedar.py --config.split.method=kfold \
+  launch "cedar_fold$fold" "$PYTHON" scripts/run_result.py --row cedar_signet_bf16_kfold5 \
+    --run "fold$fold" --order 31 -- --config=configs/cedar.py --config.split.method=kfold \
     "--config.split.fold=$fold" --config.seed=0 "${MODEL_ARGS[@]}"
 done
 wait
