@@ -113,9 +113,11 @@ sigcomp_chain() {  # One seed: train + evaluate, then the evaluation-only rows o
     "${args[@]}" || return
   if [ "$EXTRA_EVALS" = 1 ]; then
     "$PYTHON" scripts/run_result.py --row sigcomp2011_signet_bf16_k5 \
-      --train_row sigcomp2011_signet_bf16 --run "seed$seed" --order 14 --eval_args="--config.eval.references=5" "${args[@]}" || return
+      --train_row sigcomp2011_signet_bf16 --run "seed$seed" --order 14 \
+      --eval_args="--config.eval.references=5" "${args[@]}" || return
     "$PYTHON" scripts/run_result.py --row sigcomp2011_signet_bf16_to_cedar \
-      --train_row sigcomp2011_signet_bf16 --run "seed$seed" --order 15 --eval_args="--config.eval.dataset=cedar" "${args[@]}" || return
+      --train_row sigcomp2011_signet_bf16 --run "seed$seed" --order 15 \
+      --eval_args="--config.eval.dataset=cedar" "${args[@]}" || return
   fi
 }
 
