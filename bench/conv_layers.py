@@ -19,15 +19,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# name, input HxW, Cin, Cout, kernel, stride, padding: SigNet at 150x220 (bench/cpu_levers.py).
-LAYERS = [
-    ("conv0", (150, 220), 1, 96, 11, 4, ((0, 0), (0, 0))),
-    ("conv1", (17, 26), 96, 256, 5, 1, ((2, 2), (2, 2))),
-    ("conv2", (8, 12), 256, 384, 3, 1, ((1, 1), (1, 1))),
-    ("conv3", (8, 12), 384, 384, 3, 1, ((1, 1), (1, 1))),
-    ("conv4", (8, 12), 384, 256, 3, 1, ((1, 1), (1, 1))),
-]
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,6 +37,7 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from cpu_levers import LAYERS  # SigNet's convolutions at 150x220 (this folder).
     from jax import lax
 
     dn = ("NHWC", "HWIO", "NHWC")
