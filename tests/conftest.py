@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Callable
 
 import ml_collections
 import pytest
@@ -40,19 +41,33 @@ def tfds_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tfds_dir, tmp_path_factory) -> tuple[ml_collections.ConfigDict, str]:
+def tiny_config(tfds_dir) -> Callable[..., ml_collections.ConfigDict]:
+    """Makes `configs/synthetic.py:tiny` configs on the session's TFDS dir:
+    `tiny_config(num_train_steps=8, ...)` sets top-level keys (steps, cadences, tfds_data_dir)."""
+    from configs import synthetic
+
+    def make(**overrides) -> ml_collections.ConfigDict:
+        cfg = synthetic.get_config("tiny")
+        cfg.tfds_data_dir = tfds_dir
+        for key, value in overrides.items():
+            cfg[key] = value
+        return cfg
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_config, tmp_path_factory) -> tuple[ml_collections.ConfigDict, str]:
     """(config, workdir) of `configs/synthetic.py:tiny` trained once for the whole session.
 
     Test modules that only read a trained workdir (evaluate it, verify with it, compare against
     it) share this one instead of each training their own. Do not train on in it; take
     `config.copy_and_resolve_references()` before changing the config.
     """
-    from configs import synthetic
     from siamjax import cli, train_lib
 
     cli.hide_gpus_from_tensorflow()
-    cfg = synthetic.get_config("tiny")
-    cfg.tfds_data_dir = tfds_dir
+    cfg = tiny_config()
     workdir = str(tmp_path_factory.mktemp("tiny_run"))
     train_lib.train_and_evaluate(cfg, workdir)
     return cfg, workdir

@@ -14,28 +14,21 @@ import jax
 import numpy as np
 import pytest
 
-from configs import synthetic
 from siamjax import checkpointing, eval_lib, inference, parallel, train_lib, train_state
 from siamjax.errors import EXIT_PREEMPTED, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _cfg(tfds_dir, **overrides):
-    cfg = synthetic.get_config("tiny")
-    cfg.tfds_data_dir = tfds_dir
-    cfg.checkpoint_every_steps = 4
-    cfg.keep_checkpoints = 3
-    for k, v in overrides.items():
-        cfg[k] = v
-    return cfg
+def _cfg(tiny_config, **overrides):
+    return tiny_config(**{"checkpoint_every_steps": 4, "keep_checkpoints": 3, **overrides})
 
 
 @pytest.fixture(scope="module")
-def trained(tfds_dir, tmp_path_factory):
+def trained(tiny_config, tmp_path_factory):
     """An uninterrupted 12-step run with checkpoints at 4, 6 (validation), 8 and 12."""
     wd = str(tmp_path_factory.mktemp("trained"))
-    train_lib.train_and_evaluate(_cfg(tfds_dir), wd)
+    train_lib.train_and_evaluate(_cfg(tiny_config), wd)
     return wd
 
 
@@ -100,11 +93,11 @@ def test_finished_saves_carry_a_digest_that_matches(trained):
 
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
 def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_good_one(
-    trained, tfds_dir, tmp_path, kind, caplog
+    trained, tiny_config, tmp_path, kind, caplog
 ):
     wd = _copy(trained, tmp_path)
     DAMAGE[kind](os.path.join(wd, "checkpoints", "12"))
-    cfg = _cfg(tfds_dir)
+    cfg = _cfg(tiny_config)
     ckpt = checkpointing.Checkpointer(wd, read_only=True)
     with caplog.at_level(logging.WARNING):
         step, state, meta = ckpt.restore_latest_good(_abstract(cfg))
@@ -126,10 +119,10 @@ def test_digest_names_what_changed(trained, tmp_path):
     assert "missing" in checkpointing.check_digest(d)
 
 
-def test_training_resumes_from_the_newest_good_checkpoint_exactly(trained, tfds_dir, tmp_path):
+def test_training_resumes_from_the_newest_good_checkpoint_exactly(trained, tiny_config, tmp_path):
     wd = _copy(trained, tmp_path)
     _garbage(os.path.join(wd, "checkpoints", "12"))
-    cfg = _cfg(tfds_dir)
+    cfg = _cfg(tiny_config)
     train_lib.train_and_evaluate(cfg, wd)  # Restores 8, sets 12 aside, trains 9..12 again.
     assert os.listdir(os.path.join(wd, "damaged_checkpoints")) == ["12.0"]
     a = _restore(cfg, trained, 12)
@@ -144,9 +137,9 @@ def _restore(cfg, wd, step):
     return jax.device_get(variables)
 
 
-def test_eval_falls_back_when_the_best_checkpoint_is_damaged(trained, tfds_dir, tmp_path):
+def test_eval_falls_back_when_the_best_checkpoint_is_damaged(trained, tiny_config, tmp_path):
     wd = _copy(trained, tmp_path)
-    cfg = _cfg(tfds_dir)
+    cfg = _cfg(tiny_config)
     ckpt = checkpointing.Checkpointer(wd, read_only=True)
     best = ckpt.best_step()
     ckpt.close()
@@ -157,14 +150,14 @@ def test_eval_falls_back_when_the_best_checkpoint_is_damaged(trained, tfds_dir, 
         inference.restore(cfg, wd, best, parallel.make_mesh())
 
 
-def test_no_good_checkpoint_is_one_user_error_naming_each(trained, tfds_dir, tmp_path):
+def test_no_good_checkpoint_is_one_user_error_naming_each(trained, tiny_config, tmp_path):
     wd = _copy(trained, tmp_path)
     ckpt_dir = os.path.join(wd, "checkpoints")
     for s in os.listdir(ckpt_dir):
         _garbage(os.path.join(ckpt_dir, s))
     ckpt = checkpointing.Checkpointer(wd, read_only=True)
     with pytest.raises(UserError, match=r"no checkpoint in .* can be restored.*step 12.*step 8"):
-        ckpt.restore_latest_good(_abstract(_cfg(tfds_dir)))
+        ckpt.restore_latest_good(_abstract(_cfg(tiny_config)))
     ckpt.close()
 
 
@@ -182,14 +175,14 @@ def test_keep_policy_keeps_the_newest_verified_step(tmp_path):
 
 
 def test_a_failed_save_is_one_line_naming_the_folder_and_keeps_what_was_saved(
-    trained, tfds_dir, tmp_path, monkeypatch
+    trained, tiny_config, tmp_path, monkeypatch
 ):
     """ENOSPC injected into the save (for machines where no small file system can be mounted;
     the tmpfs test below fills a real disk through train_and_evaluate)."""
     wd = _copy(trained, tmp_path)
     before = sorted(os.listdir(os.path.join(wd, "checkpoints")))
     ckpt = checkpointing.Checkpointer(wd, keep=3)
-    step, state, meta = ckpt.restore_latest_good(_abstract(_cfg(tfds_dir)))
+    step, state, meta = ckpt.restore_latest_good(_abstract(_cfg(tiny_config)))
 
     def full(self, *a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -204,7 +197,7 @@ def test_a_failed_save_is_one_line_naming_the_folder_and_keeps_what_was_saved(
     assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == before
     ckpt = checkpointing.Checkpointer(wd, read_only=True)
     assert all(ckpt.step_problem(s) is None for s in ckpt.all_steps())
-    assert ckpt.restore_latest_good(_abstract(_cfg(tfds_dir)))[0] == step == 12
+    assert ckpt.restore_latest_good(_abstract(_cfg(tiny_config)))[0] == step == 12
     ckpt.close()
 
 
@@ -220,7 +213,7 @@ def _mount_tmpfs(path, size):
     )
 
 
-def test_a_disk_that_fills_during_training_stops_it_cleanly(tfds_dir, tmp_path):
+def test_a_disk_that_fills_during_training_stops_it_cleanly(tiny_config, tmp_path):
     """A real full disk: a 2 MiB tmpfs (needs root; skipped elsewhere)."""
     mnt = tmp_path / "small"
     if not _mount_tmpfs(mnt, "2m"):
@@ -228,7 +221,7 @@ def test_a_disk_that_fills_during_training_stops_it_cleanly(tfds_dir, tmp_path):
     try:
         wd = str(mnt / "run")
         cfg = _cfg(
-            tfds_dir,
+            tiny_config,
             num_train_steps=200,
             checkpoint_every_steps=2,
             keep_checkpoints=200,
@@ -263,7 +256,7 @@ def test_an_unwritable_checkpoint_folder_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_and_verify_beside_a_saving_trainer(trained, tfds_dir, tmp_path):
+def test_eval_and_verify_beside_a_saving_trainer(trained, tfds_dir, tiny_config, tmp_path):
     """train.py saves every step while this process restores the newest good checkpoint again and
     again, runs what eval.py runs and what siamjax-verify runs: every restore is whole and the
     trainer, preempted at the end, exits as it should with an intact last checkpoint."""
@@ -289,7 +282,7 @@ def test_eval_and_verify_beside_a_saving_trainer(trained, tfds_dir, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    cfg = _cfg(tfds_dir)
+    cfg = _cfg(tiny_config)
     seen, restores = set(), 0
     try:
         from PIL import Image
@@ -329,7 +322,7 @@ def test_eval_and_verify_beside_a_saving_trainer(trained, tfds_dir, tmp_path):
     ckpt.close()
 
 
-def test_a_read_only_workdir_is_one_line_naming_it(tfds_dir, tmp_path):
+def test_a_read_only_workdir_is_one_line_naming_it(tiny_config, tmp_path):
     """A real read-only file system (a tmpfs mounted read-only; needs root, skipped elsewhere)."""
     mnt = tmp_path / "ro"
     if not _mount_tmpfs(mnt, "1m"):
@@ -337,7 +330,7 @@ def test_a_read_only_workdir_is_one_line_naming_it(tfds_dir, tmp_path):
     try:
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         with pytest.raises(UserError, match=r"cannot be written.*[Rr]ead-only") as e:
-            train_lib.train_and_evaluate(_cfg(tfds_dir), str(mnt / "run"))
+            train_lib.train_and_evaluate(_cfg(tiny_config), str(mnt / "run"))
         assert "\n" not in str(e.value) and str(mnt / "run") in str(e.value)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -16,7 +16,6 @@ import jax
 import numpy as np
 import pytest
 
-from configs import synthetic
 from siamjax import inference, parallel
 from siamjax.errors import EXIT_PREEMPTED
 
@@ -32,14 +31,6 @@ OVERRIDES = {
 }
 READY = "training steps"  # Logged once the state is restored and training begins.
 TMP_MARK = "orbax-checkpoint-tmp"  # orbax's name for a step directory being written.
-
-
-def _cfg(tfds_dir):
-    cfg = synthetic.get_config("tiny")
-    cfg.tfds_data_dir = tfds_dir
-    for k, v in OVERRIDES.items():
-        cfg[k] = v
-    return cfg
 
 
 def _variables(cfg, wd):
@@ -99,9 +90,9 @@ def _wait_for_progress(run, ckpt_dir, after, timeout=120):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(tmp_path):
-    tfds_dir = str(tmp_path / "tfds")
-    cfg = _cfg(tfds_dir)
+def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(tiny_config, tmp_path):
+    tfds_dir = str(tmp_path / "tfds")  # Its own: the train.py processes below prepare it.
+    cfg = tiny_config(tfds_data_dir=tfds_dir, **OVERRIDES)
     reference = str(tmp_path / "reference")
     wd = str(tmp_path / "killed")
     ckpt_dir = os.path.join(wd, "checkpoints")

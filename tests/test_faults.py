@@ -10,21 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import synthetic
 from siamjax import checkpointing, faults, inference, parallel, train_lib, train_state
 from siamjax.errors import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteError, Preempted
 
 BAD_FROM = 6  # The step whose update first goes to infinity.
 
 
-def _cfg(tfds_dir, **overrides):
-    cfg = synthetic.get_config("tiny")
-    cfg.tfds_data_dir = tfds_dir
-    cfg.checkpoint_every_steps = 2
-    cfg.keep_checkpoints = 20
-    for k, v in overrides.items():
-        cfg[k] = v
-    return cfg
+def _cfg(tiny_config, **overrides):
+    return tiny_config(**{"checkpoint_every_steps": 2, "keep_checkpoints": 20, **overrides})
 
 
 @pytest.fixture
@@ -49,10 +42,10 @@ def _all_finite(tree):
 
 
 def test_a_nan_stops_training_naming_the_step_and_saves_nothing_after(
-    tfds_dir, tmp_path, inf_learning_rate_from_step_6
+    tiny_config, tmp_path, inf_learning_rate_from_step_6
 ):
     wd = str(tmp_path)
-    cfg = _cfg(tfds_dir, log_every_steps=4, num_train_steps=8)
+    cfg = _cfg(tiny_config, log_every_steps=4, num_train_steps=8)
     with pytest.raises(NonFiniteError, match=rf"^step {BAD_FROM}: .*NaN or Inf") as e:
         train_lib.train_and_evaluate(cfg, wd)
     assert "step 4" in str(e.value) and "\n" not in str(e.value)
@@ -64,10 +57,10 @@ def test_a_nan_stops_training_naming_the_step_and_saves_nothing_after(
 
 
 def test_skip_mode_skips_and_counts_nonfinite_steps(
-    tfds_dir, tmp_path, inf_learning_rate_from_step_6
+    tiny_config, tmp_path, inf_learning_rate_from_step_6
 ):
     wd = str(tmp_path)
-    cfg = _cfg(tfds_dir, skip_nonfinite_steps=True, num_train_steps=8)
+    cfg = _cfg(tiny_config, skip_nonfinite_steps=True, num_train_steps=8)
     summary = train_lib.train_and_evaluate(cfg, wd)
     skipped = 8 - BAD_FROM + 1
     assert summary["skipped_nonfinite_steps"] == skipped
@@ -102,10 +95,10 @@ def test_the_step_keeps_the_old_state_exactly_when_not_finite():
     assert int(flags[faults.NONFINITE]) == 1 and int(flags[faults.FIRST_NONFINITE]) == 7
 
 
-def test_sigterm_checkpoints_the_step_and_flushes(tfds_dir, tmp_path, monkeypatch):
+def test_sigterm_checkpoints_the_step_and_flushes(tiny_config, tmp_path, monkeypatch):
     """In-process; tests/test_crash_resume.py checks train.py's exit code 143 and that the rerun
     continues and ends with exactly the parameters of an uninterrupted run."""
-    cfg = _cfg(tfds_dir, checkpoint_every_steps=100, eval_every_steps=100, num_train_steps=8)
+    cfg = _cfg(tiny_config, checkpoint_every_steps=100, eval_every_steps=100, num_train_steps=8)
     calls = {"n": 0}
     to_global = parallel.to_global
 

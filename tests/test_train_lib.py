@@ -8,17 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import synthetic
 from siamjax import checkpointing, train_lib
 from siamjax.errors import UserError
-
-
-def _cfg(tfds_dir, **overrides):
-    cfg = synthetic.get_config("tiny")
-    cfg.tfds_data_dir = tfds_dir
-    for k, v in overrides.items():
-        cfg[k] = v
-    return cfg
 
 
 def _params(workdir, step):
@@ -37,15 +28,15 @@ def _final_state(cfg, workdir):
     return jax.device_get(variables), step
 
 
-def test_resumed_training_equals_uninterrupted_training(tiny_run, tfds_dir, tmp_path):
+def test_resumed_training_equals_uninterrupted_training(tiny_run, tiny_config, tmp_path):
     full, full_dir = tiny_run  # The session's uninterrupted run of this config.
-    assert full.to_dict() == _cfg(tfds_dir).to_dict()
+    assert full.to_dict() == tiny_config().to_dict()
     summary = json.loads(open(os.path.join(full_dir, "summary.json")).read())
     assert summary["final_step"] == 12 and np.isfinite(summary["validation"]["eer"])
 
-    half = _cfg(tfds_dir, num_train_steps=7)  # Stops between two checkpoints' steps.
+    half = tiny_config(num_train_steps=7)  # Stops between two checkpoints' steps.
     train_lib.train_and_evaluate(half, str(tmp_path / "resumed"))
-    train_lib.train_and_evaluate(_cfg(tfds_dir), str(tmp_path / "resumed"))
+    train_lib.train_and_evaluate(tiny_config(), str(tmp_path / "resumed"))
 
     a, step_a = _final_state(full, full_dir)
     b, step_b = _final_state(full, tmp_path / "resumed")
@@ -62,8 +53,8 @@ def test_resumed_training_equals_uninterrupted_training(tiny_run, tfds_dir, tmp_
     assert 0.0 <= meta["val_threshold"] <= 1.0 and meta["prior_positive"] == pytest.approx(0.5)
 
 
-def test_checkpoints_keep_the_latest_and_the_best(tfds_dir, tmp_path):
-    cfg = _cfg(tfds_dir, num_train_steps=24, keep_checkpoints=1)
+def test_checkpoints_keep_the_latest_and_the_best(tiny_config, tmp_path):
+    cfg = tiny_config(num_train_steps=24, keep_checkpoints=1)
     cfg.eval_every_steps = 6
     cfg.checkpoint_every_steps = 6
     train_lib.train_and_evaluate(cfg, str(tmp_path))
@@ -76,11 +67,11 @@ def test_checkpoints_keep_the_latest_and_the_best(tfds_dir, tmp_path):
     assert eers[best] == min(eers.values())
 
 
-def test_a_workdir_of_another_model_is_refused_and_left_alone(tfds_dir, tmp_path):
-    train_lib.train_and_evaluate(_cfg(tfds_dir, num_train_steps=6), str(tmp_path))
+def test_a_workdir_of_another_model_is_refused_and_left_alone(tiny_config, tmp_path):
+    train_lib.train_and_evaluate(tiny_config(num_train_steps=6), str(tmp_path))
     before = sorted(os.listdir(tmp_path / "checkpoints"))
     config_before = (tmp_path / "config.json").read_text()
-    other = _cfg(tfds_dir, num_train_steps=6)
+    other = tiny_config(num_train_steps=6)
     other.model.embedding_dim = 32
     with pytest.raises(UserError, match="different model.*embedding_dim"):
         train_lib.train_and_evaluate(other, str(tmp_path))
@@ -90,15 +81,15 @@ def test_a_workdir_of_another_model_is_refused_and_left_alone(tfds_dir, tmp_path
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")
-def test_an_unwritable_workdir_is_a_user_error(tfds_dir, tmp_path):
+def test_an_unwritable_workdir_is_a_user_error(tiny_config, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
     with pytest.raises(UserError, match="cannot be written"):
-        train_lib.train_and_evaluate(_cfg(tfds_dir), str(ro / "run"))
+        train_lib.train_and_evaluate(tiny_config(), str(ro / "run"))
 
 
-def test_a_workdir_under_a_file_is_a_user_error(tfds_dir, tmp_path):
+def test_a_workdir_under_a_file_is_a_user_error(tiny_config, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="cannot be written"):
-        train_lib.train_and_evaluate(_cfg(tfds_dir), str(tmp_path / "file" / "run"))
+        train_lib.train_and_evaluate(tiny_config(), str(tmp_path / "file" / "run"))
