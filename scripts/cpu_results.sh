@@ -67,10 +67,13 @@ done
 for seed in $DESIGN_SEEDS; do
   args=(-- --config=configs/sigcomp.py "--config.seed=$seed")
   run "sigcomp_signet_seed$seed" --row sigcomp2011_signet --run "seed$seed" --order 10 "${args[@]}"
-  run "sigcomp_signet_k5_seed$seed" --row sigcomp2011_signet_k5 --train_row sigcomp2011_signet \
-    --run "seed$seed" --order 11 --eval_args="--config.eval.references=5" "${args[@]}"
+  for k in 5 12; do
+    run "sigcomp_signet_k${k}_seed$seed" --row "sigcomp2011_signet_k$k" \
+      --train_row sigcomp2011_signet --run "seed$seed" --order "1$((k == 5 ? 1 : 2))" \
+      --eval_args="--config.eval.references=$k" "${args[@]}"
+  done
   run "sigcomp_signet_to_cedar_seed$seed" --row sigcomp2011_to_cedar \
-    --train_row sigcomp2011_signet --run "seed$seed" --order 12 \
+    --train_row sigcomp2011_signet --run "seed$seed" --order 13 \
     --eval_args="--config.eval.dataset=cedar" "${args[@]}"
 done
 

@@ -109,14 +109,14 @@ sigcomp_chain() {  # One seed: train + evaluate, then the evaluation-only rows o
   local seed="$1"
   local args=(-- --config=configs/sigcomp.py "--config.seed=$seed" "${MODEL_ARGS[@]}")
   # errexit does not hold inside `launch`'s `||`: each step returns its own failure.
-  "$PYTHON" scripts/run_result.py --row sigcomp2011_signet_bf16 --run "seed$seed" --order 13 \
+  "$PYTHON" scripts/run_result.py --row sigcomp2011_signet_bf16 --run "seed$seed" --order 14 \
     "${args[@]}" || return
   if [ "$EXTRA_EVALS" = 1 ]; then
     "$PYTHON" scripts/run_result.py --row sigcomp2011_signet_bf16_k5 \
-      --train_row sigcomp2011_signet_bf16 --run "seed$seed" --order 14 \
+      --train_row sigcomp2011_signet_bf16 --run "seed$seed" --order 15 \
       --eval_args="--config.eval.references=5" "${args[@]}" || return
     "$PYTHON" scripts/run_result.py --row sigcomp2011_signet_bf16_to_cedar \
-      --train_row sigcomp2011_signet_bf16 --run "seed$seed" --order 15 \
+      --train_row sigcomp2011_signet_bf16 --run "seed$seed" --order 16 \
       --eval_args="--config.eval.dataset=cedar" "${args[@]}" || return
   fi
 }
