@@ -5,8 +5,9 @@
     python bench/conv_layers.py \\
         --flags="--xla_cpu_experimental_ynn_fusion_type=individual_convolution"
 
-Prints one JSON line: milliseconds per pass and layer (best of `--repeats`, `--images` images,
-XLA's own convolution and its own gradients), and their total. XLA reads its flags once per
+Prints one JSON line: milliseconds per pass and layer (XLA's own convolution and its own
+gradients; `--images` images; best of `--repeats`, a layer's passes interleaved by cpu_levers.py's
+`interleaved`), and their total. XLA reads its flags once per
 process, so compare flag sets by running this once per set, back to back (bench/README.md, "CPU
 levers"). conv0 has no input gradient (its input is the image).
 """
@@ -15,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,7 +37,7 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from cpu_levers import LAYERS  # SigNet's convolutions at 150x220 (this folder).
+    from cpu_levers import LAYERS, interleaved  # SigNet's convolutions; best-of timing.
     from jax import lax
 
     dn = ("NHWC", "HWIO", "NHWC")
@@ -52,20 +52,14 @@ def main() -> None:
 
         dy = jnp.ones_like(conv(x, w))
         passes = {
-            "fwd": (jax.jit(conv), (x, w)),
-            "dx": (jax.jit(lambda x, w, dy, f=conv: jax.vjp(f, x, w)[1](dy)[0]), (x, w, dy)),
-            "dw": (jax.jit(lambda x, w, dy, f=conv: jax.vjp(f, x, w)[1](dy)[1]), (x, w, dy)),
+            "fwd": jax.jit(lambda x, w, dy, f=conv: f(x, w)),
+            "dx": jax.jit(lambda x, w, dy, f=conv: jax.vjp(f, x, w)[1](dy)[0]),
+            "dw": jax.jit(lambda x, w, dy, f=conv: jax.vjp(f, x, w)[1](dy)[1]),
         }
-        for tag, (fn, args) in passes.items():
-            if name == "conv0" and tag == "dx":
-                continue
-            jax.block_until_ready(fn(*args))
-            best = float("inf")
-            for _ in range(a.repeats):
-                t0 = time.perf_counter()
-                jax.block_until_ready(fn(*args))
-                best = min(best, time.perf_counter() - t0)
-            ms[f"{name}_{tag}_ms"] = round(best * 1e3, 1)
+        if name == "conv0":  # Its input is the image: no input gradient.
+            del passes["dx"]
+        fns = {f"{name}_{tag}": fn for tag, fn in passes.items()}
+        ms.update(interleaved(fns, (x, w, dy), a.repeats))
     total = round(sum(ms.values()), 1)
     print(
         json.dumps(
