@@ -28,7 +28,7 @@ CPU_FLAGS = (
     "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
     "--xla_cpu_experimental_xnn_fusion_type=individual_convolution,individual_dot",
 )
-_XNN_FUSION_FLAG = "--xla_cpu_experimental_xnn_fusion_type"
+_XNN_FUSION_FLAG = CPU_FLAGS[1].partition("=")[0]  # Whose value says where convolutions go.
 # jaxlib versions these flags were measured with. XLA aborts on a flag it does not know, and these
 # are experimental ones, so other versions run with XLA's defaults (and `conv_impl='auto'` then
 # picks `siamjax.conv`'s weight gradient).
@@ -53,7 +53,7 @@ def supported(version: tuple[int, ...] | None = None) -> bool:
 
 
 def _name(flag: str) -> str:
-    return flag.split("=", 1)[0]
+    return flag.partition("=")[0]
 
 
 def apply(environ: MutableMapping[str, str] | None = None) -> None:
@@ -75,8 +75,7 @@ def xnnpack_convolutions(environ: MutableMapping[str, str] | None = None) -> boo
     env = os.environ if environ is None else environ
     for flag in reversed(env.get("XLA_FLAGS", "").split()):  # XLA keeps the last of a repeat.
         if _name(flag) == _XNN_FUSION_FLAG:
-            value = flag.split("=", 1)[1] if "=" in flag else ""
-            items = value.split(",")
+            items = flag.partition("=")[2].split(",")
             if all(i.startswith(("+", "-")) for i in items if i):  # Edits of the empty default.
                 return "+individual_convolution" in items
             return "individual_convolution" in items
