@@ -106,7 +106,7 @@ class _NewestVerified:
         return [i == newest for i in range(len(checkpoints))]
 
 
-def _storage_error(directory: str, e: OSError) -> UserError:
+def _storage_error(directory: str, e: OSError, reading: bool = False) -> UserError:
     """One line naming the folder; ENOSPC and EACCES say what to do."""
     what = {
         errno.ENOSPC: "the disk is full",
@@ -115,6 +115,8 @@ def _storage_error(directory: str, e: OSError) -> UserError:
         errno.EROFS: "the file system is read-only",
         errno.EPERM: "permission denied",
     }.get(e.errno, e.strerror or str(e))
+    if reading:
+        return UserError(f"cannot read the checkpoints in {directory}: {what}.")
     return UserError(
         f"cannot save a checkpoint in {directory}: {what}; the checkpoints saved "
         "before are intact (free space or fix permissions, then rerun to resume)."
@@ -181,13 +183,14 @@ class Checkpointer:
                     self.directory, options=options, item_names=("state", "meta")
                 )
                 break
-            except FileNotFoundError as e:
-                # A reader beside a trainer: a step was deleted between listing and reading it.
+            except (FileNotFoundError, NotADirectoryError) as e:
+                # A reader beside a trainer: a step was deleted between listing and reading it
+                # (orbax's "exists, but is not a directory" is that race too: gone in between).
                 if not read_only or attempt == 4:
-                    raise _storage_error(self.directory, e) from e
+                    raise _storage_error(self.directory, e, reading=read_only) from e
                 time.sleep(0.05)
             except OSError as e:
-                raise _storage_error(self.directory, e) from e
+                raise _storage_error(self.directory, e, reading=read_only) from e
         self._undigested: list[int] = []  # Steps this process saved and has not digested yet.
         self._writable = not read_only
         self._keep = keep

@@ -255,6 +255,34 @@ def test_an_unwritable_checkpoint_folder_is_one_line(tmp_path):
 # ---- concurrency -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("race", [FileNotFoundError, NotADirectoryError])
+def test_a_reader_lists_again_when_a_step_vanishes_while_it_lists(trained, race, monkeypatch):
+    """A trainer deletes an old step while a reader lists them: orbax then raises
+    FileNotFoundError, or NotADirectoryError when the folder existed a moment before its
+    is_dir check (seen in CI). The reader lists again instead of failing."""
+    real, calls = checkpointing.ocp.CheckpointManager, []
+
+    def vanishing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise race(f"Path is not a directory: {trained}/checkpoints/4")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.ocp, "CheckpointManager", vanishing_once)
+    ckpt = checkpointing.Checkpointer(trained, read_only=True)
+    assert len(calls) == 2 and ckpt.latest_step() == 12
+    ckpt.close()
+
+
+def test_a_reader_that_cannot_list_says_so_in_one_line(trained, monkeypatch):
+    def unreadable(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(checkpointing.ocp, "CheckpointManager", unreadable)
+    with pytest.raises(UserError, match="cannot read the checkpoints in .*permission denied"):
+        checkpointing.Checkpointer(trained, read_only=True)
+
+
 @pytest.mark.slow
 def test_eval_and_verify_beside_a_saving_trainer(trained, tfds_dir, tiny_config, tmp_path):
     """train.py saves every step while this process restores the newest good checkpoint again and
