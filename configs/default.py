@@ -163,6 +163,10 @@ def get_config() -> ml_collections.ConfigDict:
     # summary.json). Checked where metrics are fetched anyway: at log steps and before each save.
     c.skip_nonfinite_steps = False
     c.prefetch = 2  # Batches prepared ahead of the device.
+    # Training images up to this size (MiB) are copied to every device once, and the train step
+    # gathers each pair batch from them: tf.data then feeds only indices, and no image crosses
+    # from the host per step. Larger datasets are gathered on the host by tf.data. 0: always host.
+    c.device_images_max_mb = 4096
 
     c.lock()
     return c

@@ -28,12 +28,23 @@ from clu import metrics as clu_metrics
 from siamjax import augment as augment_lib
 from siamjax import checkpointing, faults, inference, losses, metrics, models, parallel
 from siamjax.errors import NonFiniteError, Preempted, UserError
-from siamjax.input_pipeline import Data, TrainData
+from siamjax.input_pipeline import INDEX_KEYS, Data, TrainData
 from siamjax.train_state import TrainState, create_train_state
 
 
+def gather_images(images: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """An index batch (index_a, index_b, [index_c], label) -> the image batch it stands for, taken
+    from `images` (uint8 [N, H, W, 1], replicated); each device gathers its own rows."""
+    out = {k: jnp.take(images, batch[i], axis=0) for k, i in INDEX_KEYS.items() if i in batch}
+    return {**out, "label": batch["label"]}
+
+
 def train_step(
-    state: TrainState, batch: dict[str, jax.Array], *, config: ml_collections.ConfigDict
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    images: jax.Array | None = None,
+    *,
+    config: ml_collections.ConfigDict,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on `config.loss` over a pair (or triplet) batch.
 
@@ -47,8 +58,13 @@ def train_step(
     (the score that evaluation and verification use) is calibrated as training goes. The loss
     reported is the sum of both terms; accuracy is the head's, over every pair it scored (2B for
     triplets: (anchor, positive) genuine, (anchor, negative) forged).
+
+    With `images` (TrainData.device_images), the batch holds int32 [B] indices into it
+    (index_a, index_b, index_c) in place of the images.
     """
     losses.check_loss(config.loss, config.model.combine)
+    if images is not None:
+        batch = gather_images(images, batch)
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     a, b, label = batch["image_a"], batch["image_b"], batch["label"]
     c = batch.get("image_c")  # The triplet's negative.
@@ -122,16 +138,30 @@ def state_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
 
 
 def compile_train_step(
-    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, shardings: jax.sharding.Sharding
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    shardings: jax.sharding.Sharding,
+    images: jax.Array | None = None,
 ):
-    """The jitted step: state donated, batch sharded along `data`, metrics replicated."""
+    """The jitted step, `step(state, batch) -> (state, metrics)`: state donated, batch sharded
+    along `data`, metrics replicated. With `images` (replicated on the mesh), batches are index
+    batches gathered from them inside the step."""
     batch_sharding = parallel.data_sharding(mesh)
-    return jax.jit(
+    replicated = parallel.replicated(mesh)
+    if images is None:
+        return jax.jit(
+            functools.partial(train_step, config=config),
+            donate_argnums=0,
+            in_shardings=(shardings, batch_sharding),
+            out_shardings=(shardings, replicated),
+        )
+    step = jax.jit(
         functools.partial(train_step, config=config),
         donate_argnums=0,
-        in_shardings=(shardings, batch_sharding),
-        out_shardings=(shardings, parallel.replicated(mesh)),
+        in_shardings=(shardings, batch_sharding, replicated),
+        out_shardings=(shardings, replicated),
     )
+    return lambda state, batch: step(state, batch, images)
 
 
 def init_state_on_mesh(
@@ -271,16 +301,19 @@ def _train_and_evaluate(
             sum(x.size for x in jax.tree.leaves(state.params)),
         )
 
-    step_fn = compile_train_step(config, mesh, shardings)
+    step_fn = compile_train_step(
+        config, mesh, shardings, train_data.device_images(mesh) if train_data.on_device else None
+    )
     scorer = inference.Scorer(model, mesh, config.eval_batch_size)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     batches = train_data.batches(start)
     logging.info(
-        "training steps %d..%d (%d per epoch, batch %d)",
+        "training steps %d..%d (%d per epoch, batch %d, pairs gathered on the %s)",
         start,
         num_steps,
         train_data.steps_per_epoch,
         config.batch_size,
+        "device" if train_data.on_device else "host",
     )
 
     t_start = time.perf_counter()
