@@ -373,11 +373,11 @@ def _step_figures(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_step_and_torch(ctx: Context, step_lines: bool, torch_lines: bool):
-    """siamjax then torch for each (batch, dtype), so that both of a ratio run in one minute."""
+    """siamjax then torch for each (batch, dtype), `--repeats` times, so that both sides of a
+    ratio run in the same minutes."""
     a = ctx.args
-    torch_skip = None
+    torch_skip, ref = None, a.torch_reference
     if torch_lines:
-        ref = a.torch_reference
         version, why = ctx.torch()
         if not os.path.exists(ref):
             torch_skip = f"no torch reference at {ref} (--torch_reference)"
@@ -391,61 +391,79 @@ def _train_step_and_torch(ctx: Context, step_lines: bool, torch_lines: bool):
     for batch in a.batches:
         for dtype in a.dtypes:
             setting = {"config": a.train_config, "batch": batch, "dtype": dtype}
-            ours, ours_error = None, None
-            try:
-                ours = run_child(
-                    _step_cmd(ctx, a.train_config, batch, dtype), a.timeout
-                ).last_json()
-                if step_lines:
-                    yield "train_step", {**setting, **_step_figures(ours)}
-            except BenchError as e:
-                ours_error = str(e)
-                if step_lines:
+            mode = a.torch_bf16_mode if dtype == "bfloat16" else TORCH_MODES.get(dtype)
+            torch_cmd = [a.torch_python, ref, "--batch", str(batch), "--steps", str(a.steps)]
+            ours, theirs, ours_error, torch_error = [], [], None, None
+            # siamjax then torch, `--repeats` times: both sides of each ratio see the same minute.
+            for _ in range(a.repeats):
+                try:
+                    ours.append(
+                        run_child(
+                            _step_cmd(ctx, a.train_config, batch, dtype), a.timeout
+                        ).last_json()
+                    )
+                except BenchError as e:
+                    ours_error = str(e)
+                if torch_lines and mode is not None:
+                    try:
+                        theirs.append(
+                            run_child(torch_cmd + ["--mode", mode], a.timeout).last_json()
+                        )
+                    except BenchError as e:
+                        torch_error = str(e)
+            if step_lines:
+                if ours:
+                    yield "train_step", {**setting, **_repeated(ours, _step_figures)}
+                else:
                     yield "train_step", {**setting, "error": ours_error}
             if not torch_lines:
                 continue
-            mode = a.torch_bf16_mode if dtype == "bfloat16" else TORCH_MODES.get(dtype)
             if mode is None:
                 yield "torch_reference", {**setting, "skipped": f"no torch mode for {dtype}"}
                 continue
-            try:
-                t = run_child(
-                    [
-                        a.torch_python,
-                        ref,
-                        "--batch",
-                        str(batch),
-                        "--steps",
-                        str(a.steps),
-                        "--mode",
-                        mode,
-                    ],
-                    a.timeout,
-                ).last_json()
-            except BenchError as e:
-                yield "torch_reference", {**setting, "mode": mode, "error": str(e)}
+            if not theirs:
+                yield "torch_reference", {**setting, "mode": mode, "error": torch_error}
                 continue
             peak = (
-                peak_flops_per_chip(ctx.header["machine"]["gpu"]) if t["device"] == "cuda" else None
+                peak_flops_per_chip(ctx.header["machine"]["gpu"])
+                if theirs[0]["device"] == "cuda"
+                else None
             )
-            mine = ours["pairs_per_s"] if ours else None
+            t = _repeated(theirs, lambda r: r)
+            mine = statistics.median(r["pairs_per_s"] for r in ours) if ours else None
+            paired = [
+                o["pairs_per_s"] / r["pairs_per_s"] for o, r in zip(ours, theirs, strict=False)
+            ]
             yield (
                 "torch_reference",
                 {
                     **setting,
                     "mode": mode,
                     "torch_pairs_per_s": t["pairs_per_s"],
+                    "torch_pairs_per_s_runs": t.get("pairs_per_s_runs"),
                     "torch_step_s_median": t["step_s_median"],
                     "torch_compile_s": t["first_step_s"],
                     "torch_tflops": t["tflops"],
-                    "torch_mfu": t["tflops"] * 1e12 / peak if peak else None,
+                    "torch_mfu": t["tflops"] * 1e12 / peak if peak and t["tflops"] else None,
                     "torch_device": t["device"],
                     "torch_version": t.get("torch"),
                     "siamjax_pairs_per_s": mine,
+                    # Ratio of the medians; with --repeats > 1 also each back-to-back pair's.
                     "ratio_siamjax_over_torch": mine / t["pairs_per_s"] if mine else None,
+                    **({"ratio_runs": paired} if a.repeats > 1 else {}),
                     **({"siamjax_error": ours_error} if ours_error else {}),
                 },
             )
+
+
+def _repeated(runs: list[dict[str, Any]], figures) -> dict[str, Any]:
+    """The figures of the run with the median pairs/s; with several runs, all their pairs/s."""
+    ranked = sorted(runs, key=lambda r: r["pairs_per_s"])
+    out = figures(ranked[(len(ranked) - 1) // 2])
+    if len(runs) > 1:
+        out = {**out, "pairs_per_s_runs": [r["pairs_per_s"] for r in runs]}
+        out["pairs_per_s"] = statistics.median(r["pairs_per_s"] for r in runs)
+    return out
 
 
 @benchmark("train_step")
@@ -848,6 +866,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=3600, help="seconds per subprocess")
     g = p.add_argument_group("train_step, torch_reference")
     g.add_argument("--steps", type=int, default=20, help="timed steps per setting (also torch)")
+    g.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="siamjax and torch alternated this many times per setting; medians reported",
+    )
     g.add_argument("--batches", type=_csv(int), default=[32, 256], help="global batch sizes")
     g.add_argument(
         "--dtypes",

@@ -187,6 +187,10 @@ def test_train_data_batches_triplets_only_for_the_triplet_loss(tfds_dir):
     cfg.tfds_data_dir = tfds_dir
     data = Data(cfg)
     assert data.prior_positive == 0.5
+    batch = next(TrainData(data, cfg).batches())  # Catalog indices, gathered on the device.
+    assert list(batch) == ["index_a", "index_b", "index_c", "label"]
+    assert batch["index_c"].shape == (8,) and np.all(batch["label"] == 1)
+    cfg.device_images_max_mb = 0  # Gathered on the host: the images themselves.
     batch = next(TrainData(data, cfg).batches())
     assert list(batch) == ["image_a", "image_b", "image_c", "label"]
     assert batch["image_c"].shape == (8, 32, 48, 1) and np.all(batch["label"] == 1)
