@@ -574,6 +574,7 @@ def _e2e_figures(ctx: Context, t: dict[str, Any]) -> dict[str, Any]:
         summary = json.load(f)
     loop_s = summary["wall_seconds"]
     logged = [float(m.group(3)) for m in TRAIN_LOG.finditer(child.stderr)]
+    gathered = re.search(r"pairs gathered on the (\w+)\)", child.stderr)
     steady = logged[1:] or logged  # The first interval holds the compilation.
     step = run_child(_step_cmd(ctx, spec, batch, None), ctx.args.timeout).last_json()
     e2e = steps * batch / loop_s
@@ -604,6 +605,7 @@ def _e2e_figures(ctx: Context, t: dict[str, Any]) -> dict[str, Any]:
         "ratio_logged_over_step": logged_median / step["pairs_per_s"] if logged_median else None,
         "peak_rss_mb": child.max_rss_mb,
         "val_eer": (summary.get("validation") or {}).get("eer"),
+        "gathered_on": gathered.group(1) if gathered else None,
     }
 
 
@@ -828,6 +830,8 @@ def bench_input_pipeline(ctx: Context):
             "data_dir": (cfg.data_dir or data_dir) if cfg.dataset != "synthetic" else None,
             "tfds_dir": registry.tfds_data_dir(cfg),
             "images": len(train.data.catalog.images),
+            # device: batches of indices (the step gathers the images); host: of images.
+            "gathered_on": "device" if train.on_device else "host",
             "image_size": [cfg.image_height, cfg.image_width],
             "batch": cfg.batch_size,
             "batches": a.pipeline_batches,
