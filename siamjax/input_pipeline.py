@@ -134,9 +134,12 @@ class TrainData:
         # Host gathering: one device-independent copy of all images, gathered per batch.
         self._images = None if self.on_device else tf.constant(images)
 
-    def device_images(self, mesh: jax.sharding.Mesh) -> jax.Array:
+    def device_images(self, mesh: jax.sharding.Mesh) -> jax.Array | None:
         """All catalog images, uint8 [N, H, W, 1], replicated on every device of `mesh` (each
-        process supplies its own devices' copies: every process holds the whole catalog)."""
+        process supplies its own devices' copies: every process holds the whole catalog); None
+        when tf.data gathers them on the host (not `on_device`)."""
+        if not self.on_device:
+            return None
         images = self.data.catalog.images
         return jax.make_array_from_callback(
             images.shape, parallel.replicated(mesh), lambda index: images[index]
@@ -181,7 +184,7 @@ class TrainData:
         by numpy, one call per epoch.
         """
         epoch, offset = divmod(start_step, self.steps_per_epoch)
-        names = list(self._columns(0))
+        names = ["image_a", "image_b", *(["image_c"] if self.triplets else []), "label"]
 
         def epoch_batches(e):
             columns = tf.numpy_function(

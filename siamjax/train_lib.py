@@ -146,22 +146,15 @@ def compile_train_step(
     """The jitted step, `step(state, batch) -> (state, metrics)`: state donated, batch sharded
     along `data`, metrics replicated. With `images` (replicated on the mesh), batches are index
     batches gathered from them inside the step."""
-    batch_sharding = parallel.data_sharding(mesh)
     replicated = parallel.replicated(mesh)
-    if images is None:
-        return jax.jit(
-            functools.partial(train_step, config=config),
-            donate_argnums=0,
-            in_shardings=(shardings, batch_sharding),
-            out_shardings=(shardings, replicated),
-        )
+    in_shardings = (shardings, parallel.data_sharding(mesh))
     step = jax.jit(
         functools.partial(train_step, config=config),
         donate_argnums=0,
-        in_shardings=(shardings, batch_sharding, replicated),
+        in_shardings=in_shardings if images is None else (*in_shardings, replicated),
         out_shardings=(shardings, replicated),
     )
-    return lambda state, batch: step(state, batch, images)
+    return step if images is None else lambda state, batch: step(state, batch, images)
 
 
 def init_state_on_mesh(
@@ -301,9 +294,7 @@ def _train_and_evaluate(
             sum(x.size for x in jax.tree.leaves(state.params)),
         )
 
-    step_fn = compile_train_step(
-        config, mesh, shardings, train_data.device_images(mesh) if train_data.on_device else None
-    )
+    step_fn = compile_train_step(config, mesh, shardings, train_data.device_images(mesh))
     scorer = inference.Scorer(model, mesh, config.eval_batch_size)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     batches = train_data.batches(start)

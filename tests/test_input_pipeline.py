@@ -46,7 +46,7 @@ def test_device_gathering_trains_exactly_as_host_gathering_on_8_devices(data, ti
     cfg.augment.noise_std = 0.05  # The step's RNG sees the same batch either way.
     host_cfg = tiny_config(device_images_max_mb=0)
     host, device = TrainData(data, host_cfg), TrainData(data, cfg)
-    assert not host.on_device and device.on_device
+    assert not host.on_device and device.on_device and host.device_images(None) is None
     mesh = parallel.make_mesh(jax.devices()[:8])
     images = device.device_images(mesh)
     assert images.sharding.is_fully_replicated and images.dtype == np.uint8
@@ -55,9 +55,7 @@ def test_device_gathering_trains_exactly_as_host_gathering_on_8_devices(data, ti
     results = []
     for train in (host, device):
         state, sharding = train_lib.init_state_on_mesh(cfg, models.create_model(cfg.model), mesh)
-        step = train_lib.compile_train_step(
-            cfg, mesh, sharding, images if train.on_device else None
-        )
+        step = train_lib.compile_train_step(cfg, mesh, sharding, train.device_images(mesh))
         batches = train.batches()
         for _ in range(2):
             local = next(batches)
