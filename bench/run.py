@@ -349,9 +349,12 @@ def benchmark(name: str):
     return register
 
 
-def _step_cmd(ctx: Context, config: str, batch: int, dtype: str | None) -> list[str]:
+def _step_cmd(
+    ctx: Context, config: str, batch: int, dtype: str | None, steps: int | None = None
+) -> list[str]:
     cmd = [sys.executable, "bench/train_step.py", f"--config={config}", f"--batch={batch}"]
-    return cmd + [f"--steps={ctx.args.steps}"] + ([f"--dtype={dtype}"] if dtype else [])
+    steps = steps or ctx.args.steps
+    return cmd + [f"--steps={steps}"] + ([f"--dtype={dtype}"] if dtype else [])
 
 
 def _step_figures(r: dict[str, Any]) -> dict[str, Any]:
@@ -562,12 +565,23 @@ def _train_once(ctx: Context, spec: str, workdir: str) -> dict[str, Any]:
     return {"workdir": workdir, "config": spec, "overrides": overrides, "cfg": cfg, "child": child}
 
 
-def _e2e_figures(ctx: Context, t: dict[str, Any]) -> dict[str, Any]:
+def _bare_step(ctx: Context, spec: str, batch: int) -> dict[str, Any]:
+    """bench/train_step.py's line for `spec` at `batch`, `--e2e_step_steps` timed steps."""
+    cmd = _step_cmd(ctx, spec, batch, None, ctx.args.e2e_step_steps)
+    return run_child(cmd, ctx.args.timeout).last_json()
+
+
+def _e2e_figures(ctx: Context, t: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     """End-to-end pairs/s of a finished run against the bare step of the same config and batch.
 
     `e2e_pairs_per_s` counts the whole loop (compilation, pipeline, logging, validation,
-    checkpoints); `steady_*` leaves out the first logging interval, which holds the compilation
-    that a longer run amortises."""
+    checkpoints); `sustained_pairs_per_s` the same without the first step (its compilation,
+    which summary.json times apart as `first_step_s`), which a longer run amortises; `logged_*`
+    leaves out the first logging interval. The bare step runs `--e2e_step_steps` steps right
+    before the training (`before`) and again right after it; the ratios are to the mean of the
+    two, since this machine's speed drifts by tens of percent within minutes. The sustained
+    rate is compared with the steps' mean rate: both sides then average over noise alike (a
+    median picks the quiet moments, which a minutes-long run does not have)."""
     child, cfg, spec = t["child"], t["cfg"], t["config"]
     steps, batch = ctx.args.e2e_steps, cfg.batch_size
     with open(os.path.join(t["workdir"], "summary.json")) as f:
@@ -576,8 +590,14 @@ def _e2e_figures(ctx: Context, t: dict[str, Any]) -> dict[str, Any]:
     logged = [float(m.group(3)) for m in TRAIN_LOG.finditer(child.stderr)]
     gathered = re.search(r"pairs gathered on the (\w+)\)", child.stderr)
     steady = logged[1:] or logged  # The first interval holds the compilation.
-    step = run_child(_step_cmd(ctx, spec, batch, None), ctx.args.timeout).last_json()
+    after = _bare_step(ctx, spec, batch)
+    bare = {
+        k: statistics.mean([before[k], after[k]])
+        for k in ("pairs_per_s", "pairs_per_s_mean", "first_step_s")
+    }
     e2e = steps * batch / loop_s
+    first_s = summary.get("time_breakdown", {}).get("first_step_s")
+    sustained = (steps - 1) * batch / (loop_s - first_s) if first_s and steps > 1 else None
     logged_median = statistics.median(steady) if steady else None
     return {
         "config": spec,
@@ -599,10 +619,16 @@ def _e2e_figures(ctx: Context, t: dict[str, Any]) -> dict[str, Any]:
         "time_shares": {
             k.removesuffix("_s"): v / loop_s for k, v in summary.get("time_breakdown", {}).items()
         },
-        "step_pairs_per_s": step["pairs_per_s"],
-        "step_compile_s": step["first_step_s"],
-        "ratio_e2e_over_step": e2e / step["pairs_per_s"],
-        "ratio_logged_over_step": logged_median / step["pairs_per_s"] if logged_median else None,
+        "first_step_s": first_s,
+        "sustained_pairs_per_s": sustained,
+        "step_pairs_per_s": bare["pairs_per_s"],
+        "step_pairs_per_s_mean": bare["pairs_per_s_mean"],
+        "step_pairs_per_s_before_after": [before["pairs_per_s"], after["pairs_per_s"]],
+        "step_steps": ctx.args.e2e_step_steps,
+        "step_compile_s": bare["first_step_s"],
+        "ratio_e2e_over_step": e2e / bare["pairs_per_s"],
+        "ratio_sustained_over_step": sustained / bare["pairs_per_s_mean"] if sustained else None,
+        "ratio_logged_over_step": logged_median / bare["pairs_per_s"] if logged_median else None,
         "peak_rss_mb": child.max_rss_mb,
         "val_eer": (summary.get("validation") or {}).get("eer"),
         "gathered_on": gathered.group(1) if gathered else None,
@@ -611,7 +637,9 @@ def _e2e_figures(ctx: Context, t: dict[str, Any]) -> dict[str, Any]:
 
 @benchmark("end_to_end")
 def bench_end_to_end(ctx: Context):
-    yield ("end_to_end", _e2e_figures(ctx, _train(ctx)))
+    spec, _, cfg = _e2e_setup(ctx)
+    before = _bare_step(ctx, spec, cfg.batch_size)
+    yield ("end_to_end", _e2e_figures(ctx, _train(ctx), before))
 
 
 @benchmark("end_to_end_synthetic")
@@ -620,8 +648,10 @@ def bench_end_to_end_synthetic(ctx: Context):
     if _e2e_setup(ctx)[0] == "configs/synthetic.py":
         yield ("end_to_end_synthetic", {"skipped": "end_to_end already ran configs/synthetic.py"})
         return
-    t = _train_once(ctx, "configs/synthetic.py", os.path.join(ctx.tmp, "workdir_synthetic"))
-    yield ("end_to_end_synthetic", _e2e_figures(ctx, t))
+    spec, _, cfg = _e2e_setup(ctx, "configs/synthetic.py")
+    before = _bare_step(ctx, spec, cfg.batch_size)
+    t = _train_once(ctx, spec, os.path.join(ctx.tmp, "workdir_synthetic"))
+    yield ("end_to_end_synthetic", _e2e_figures(ctx, t, before))
 
 
 @benchmark("eval_rss")
@@ -925,6 +955,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="eval and checkpoint every N steps (default: e2e_steps / 2)",
     )
     g.add_argument("--e2e_batch", type=int, default=None, help="default: the config's")
+    g.add_argument(
+        "--e2e_step_steps",
+        type=int,
+        default=100,
+        help="timed steps of the bare step that end_to_end compares with (mean and median)",
+    )
     g.add_argument(
         "--workdir",
         default=None,

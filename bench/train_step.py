@@ -4,7 +4,8 @@
     python bench/train_step.py --config=configs/sigcomp.py --batch=256 --dtype=bfloat16   # GPU
 
 Random uint8 pairs, the real jitted step on every device (data parallel). Prints one JSON line:
-impl, device, batch, median/min/max step seconds, pairs/s, TFLOP/s (from the reference's count of
+impl, device, batch, median/min/max/mean step seconds, pairs/s (of the median step; also
+`pairs_per_s_mean`), TFLOP/s (from the reference's count of
 7.23 GFLOP per SigNet pair when the encoder is signet at 150x220), first-step (compile) seconds.
 `measure(config, steps)` is the same measurement as a function; bench/run.py runs this script in a
 subprocess per setting, so that each setting compiles and allocates in a fresh process.
@@ -74,6 +75,7 @@ def measure(config, steps: int) -> dict[str, Any]:
         state, m = step(state, batch)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
+    mean = sum(times) / len(times)  # Before sorting: the same whatever the order.
     times.sort()
     med = times[len(times) // 2]
     pairs_per_s = config.batch_size / med
@@ -86,7 +88,10 @@ def measure(config, steps: int) -> dict[str, Any]:
         "step_s_median": med,
         "step_s_min": times[0],
         "step_s_max": times[-1],
+        "step_s_mean": mean,
         "pairs_per_s": pairs_per_s,
+        # The rate a loop of these steps averages (noise included), as a run's wall time gives it.
+        "pairs_per_s_mean": config.batch_size / mean,
         "tflops": tflops,
         "first_step_s": first,
         "final_loss": float(m["train"].compute()["loss"]),

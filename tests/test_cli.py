@@ -29,8 +29,9 @@ def test_train_then_eval(tmp_path, tfds_dir):
     assert "validation: EER" in r.stderr and "pairs/s" in r.stderr and "ETA" in r.stderr
     summary = json.loads((wd / "summary.json").read_text())
     spent = summary["time_breakdown"]
-    assert set(spent) == {"input_s", "validation_s", "checkpoint_s", "steps_s"}
+    assert set(spent) == {"first_step_s", "input_s", "validation_s", "checkpoint_s", "steps_s"}
     assert all(v >= 0 for v in spent.values()) and spent["validation_s"] > 0
+    assert spent["first_step_s"] > 0  # It compiles: never free.
     assert sum(spent.values()) == pytest.approx(summary["wall_seconds"])
     r = _run("eval.py", TINY, f"--workdir={wd}", tfds_dir=tfds_dir)
     assert r.returncode == 0, r.stderr[-3000:]
