@@ -5,14 +5,16 @@
 
 Random uint8 pairs, the real jitted step on every device (data parallel). Prints one JSON line:
 impl, device, batch, median/min/max/mean step seconds, pairs/s (of the median step; also
-`pairs_per_s_mean`), TFLOP/s (from the reference's count of
-7.23 GFLOP per SigNet pair when the encoder is signet at 150x220), first-step (compile) seconds.
+`pairs_per_s_mean`), page faults and system/user CPU seconds per step, TFLOP/s (from the
+reference's count of 7.23 GFLOP per SigNet pair when the encoder is signet at 150x220),
+first-step (compile) seconds.
 `measure(config, steps)` is the same measurement as a function; bench/run.py runs this script in a
 subprocess per setting, so that each setting compiles and allocates in a fresh process.
 """
 
 import json
 import os
+import resource
 import sys
 import time
 from typing import Any
@@ -70,11 +72,13 @@ def measure(config, steps: int) -> dict[str, Any]:
         state, m = step(state, batch)
     jax.block_until_ready(m)
     times = []
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(steps):
         t0 = time.perf_counter()
         state, m = step(state, batch)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
+    after = resource.getrusage(resource.RUSAGE_SELF)
     mean = sum(times) / len(times)  # Before sorting: the same whatever the order.
     times.sort()
     med = times[len(times) // 2]
@@ -94,6 +98,10 @@ def measure(config, steps: int) -> dict[str, Any]:
         "pairs_per_s_mean": config.batch_size / mean,
         "tflops": tflops,
         "first_step_s": first,
+        # The kernel's share: page faults (buffers mapped in anew) and system CPU per step.
+        "page_faults_per_step": (after.ru_minflt - usage.ru_minflt) / steps,
+        "system_cpu_s_per_step": (after.ru_stime - usage.ru_stime) / steps,
+        "user_cpu_s_per_step": (after.ru_utime - usage.ru_utime) / steps,
         "final_loss": float(m["train"].compute()["loss"]),
     }
 

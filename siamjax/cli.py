@@ -13,12 +13,14 @@ import os
 import sys
 from collections.abc import Callable
 
-from siamjax import xla_flags
+from siamjax import host_memory, xla_flags
 from siamjax.errors import one_line
 
 
 def hide_gpus_from_tensorflow() -> None:
-    """Also applies `siamjax.xla_flags` (XLA:CPU's fast convolutions): call it before JAX starts."""
+    """Also applies `siamjax.host_memory` (buffers reused between steps) and `siamjax.xla_flags`
+    (XLA:CPU's fast convolutions): call it before TensorFlow and JAX start."""
+    host_memory.apply()
     xla_flags.apply()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
