@@ -367,6 +367,8 @@ def _step_figures(r: dict[str, Any]) -> dict[str, Any]:
         "step_s_min": r["step_s_min"],
         "step_s_max": r["step_s_max"],
         "compile_s": r["first_step_s"],
+        "page_faults_per_step": r.get("page_faults_per_step"),
+        "system_cpu_s_per_step": r.get("system_cpu_s_per_step"),
         "tflops": r["tflops"],
         "mfu": mfu,
         "peak_flops_per_chip": peak,
