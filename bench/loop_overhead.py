@@ -1,0 +1,95 @@
+"""What the training loop's per-step host work costs the step, measured in one process.
+
+    python bench/loop_overhead.py [--config=configs/synthetic.py] [--block 30] [--rounds 16]
+
+Alternates blocks of `--block` steps of three loops, `--rounds` times, in one process (the
+machine's speed drifts within minutes, so both sides must share them):
+  bare:     the jitted step on one fixed batch, nothing else (what bench/train_step.py times);
+  pipeline: each step's batch from TrainData (tf.data) and sharded onto the mesh;
+  loop:     the pipeline plus what train_lib's loop does every step (the non-finite flags and the
+            metrics merged on the device, the progress report).
+Prints one JSON line: the median pairs/s of each over the rounds, every round's, and
+loop / bare. Validation, checkpoints and log steps are not in it (summary.json's shares).
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Config file.", lock_config=True)
+flags.DEFINE_integer("block", 30, "Steps per block.")
+flags.DEFINE_integer("rounds", 16, "Blocks of each loop, alternated.")
+
+KINDS = ("bare", "pipeline", "loop")
+
+
+def main(argv):
+    del argv
+    from siamjax import cli
+
+    cli.hide_gpus_from_tensorflow()
+    import jax
+    from clu import periodic_actions
+
+    from siamjax import faults, models, parallel, train_lib
+    from siamjax.input_pipeline import Data, TrainData
+
+    cfg = FLAGS.config
+    mesh = parallel.make_mesh()
+    data = Data(cfg)
+    train_data = TrainData(data, cfg)
+    state, sharding = train_lib.init_state_on_mesh(cfg, models.create_model(cfg.model), mesh)
+    step_fn = train_lib.compile_train_step(cfg, mesh, sharding, train_data.device_images(mesh))
+    batches = train_data.batches(0)
+    fixed = parallel.to_global(next(batches), mesh)
+    report = periodic_actions.ReportProgress(every_steps=10**9, every_secs=None)  # Never reports.
+    reported = [0]
+
+    def block(kind, state):
+        guard, sums = faults.NonFiniteGuard(False), None
+        t0 = time.perf_counter()
+        for _ in range(FLAGS.block):
+            batch = fixed if kind == "bare" else parallel.to_global(next(batches), mesh)
+            state, m = step_fn(state, batch)
+            if kind == "loop":
+                m = guard.add(m)["train"]
+                sums = m if sums is None else sums.merge(m)
+                reported[0] += 1
+                report(reported[0])
+        jax.block_until_ready(state.params)
+        return state, FLAGS.block * cfg.batch_size / (time.perf_counter() - t0)
+
+    for kind in KINDS:  # Compilation and warm-up.
+        state, _ = block(kind, state)
+    runs = {k: [] for k in KINDS}
+    for _ in range(FLAGS.rounds):
+        for kind in KINDS:
+            state, rate = block(kind, state)
+            runs[kind].append(round(rate, 1))
+    median = {k: statistics.median(v) for k, v in runs.items()}
+    print(
+        json.dumps(
+            {
+                "benchmark": "loop_overhead",
+                "config": cfg.model.encoder,
+                "batch": cfg.batch_size,
+                "block": FLAGS.block,
+                "rounds": FLAGS.rounds,
+                **{f"{k}_pairs_per_s": v for k, v in median.items()},
+                "ratio_loop_over_bare": median["loop"] / median["bare"],
+                "runs": runs,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
