@@ -10,11 +10,14 @@ next step reuses them: 0 page faults and 0.003-0.036 s of system CPU per step, a
 (21.4 against 20.2, 3 runs of each alternated).
 
 The cost: memory freed by the process is kept for its later allocations rather than returned to
-the system, so the resident set stays at its peak; and all threads share one arena's lock, which
-made XLA's compilation of the SigNet step ~20% slower (12.9 against 10.2-11.1 s; 2 s once per
-process, against ~0.08 s saved per step). `SIAMJAX_MALLOC_TUNING=0` leaves malloc as it is.
+the system, so the resident set stays at its peak, and that peak grows (heap fragmentation: a
+300-step `configs/sigcomp.py` training peaked at 3.65 GB against 2.34 GB before); and all
+threads share one arena's lock, which made XLA's compilation of the SigNet step ~20% slower (12.9
+against 10.2-11.1 s; 2 s once per process, against ~0.08 s saved per step).
+`SIAMJAX_MALLOC_TUNING=0` leaves malloc as it is.
 
-Only glibc (Linux) has these knobs; elsewhere `apply` does nothing. They must be set before the
+Only glibc (Linux) has these knobs; elsewhere `apply` does nothing, and so on accelerators, where
+there is nothing to gain. They must be set before the
 threads that allocate exist (an arena, once a thread has one, stays): the entry points call
 `apply` through `siamjax.cli.hide_gpus_from_tensorflow`, before TensorFlow and JAX start.
 """
@@ -22,8 +25,10 @@ threads that allocate exist (an arena, once a thread has one, stays): the entry 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import platform
+from collections.abc import Mapping
 
 ENV_SWITCH = "SIAMJAX_MALLOC_TUNING"  # "0": leave malloc as it is.
 # mallopt(3) parameters (glibc's malloc.h) and the values siamjax sets.
@@ -38,11 +43,25 @@ SETTINGS = (
 )
 
 
-def apply(environ: dict[str, str] | None = None) -> bool:
-    """Sets SETTINGS with mallopt; True when glibc took them all. Nothing (False) off glibc or
-    when $SIAMJAX_MALLOC_TUNING is "0"."""
+# Modules whose presence means JAX will likely run on an accelerator (found, not imported).
+_ACCELERATOR_MODULES = ("jax_plugins", "jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu")
+
+
+def _runs_on_cpu(env: Mapping[str, str]) -> bool:
+    """Whether JAX will compute on the CPU: $JAX_PLATFORMS says so, or no accelerator plugin is
+    installed. On an accelerator XLA's step buffers live in device memory, and these settings
+    would only cost host memory."""
+    platforms = env.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not any(importlib.util.find_spec(m) for m in _ACCELERATOR_MODULES)
+
+
+def apply(environ: Mapping[str, str] | None = None) -> bool:
+    """Sets SETTINGS with mallopt; True when glibc took them all. Nothing (False) off glibc,
+    when JAX will run on an accelerator, or when $SIAMJAX_MALLOC_TUNING is "0"."""
     env = os.environ if environ is None else environ
-    if env.get(ENV_SWITCH, "1") == "0":
+    if env.get(ENV_SWITCH, "1") == "0" or not _runs_on_cpu(env):
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -13,8 +13,8 @@ from siamjax import host_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Allocates, writes and frees a 96 MiB block 5 times; prints the page faults of the last 4. (Not with
-# numpy: it asks for transparent huge pages, which hide most faults.)
+# Allocates, writes and frees a 96 MiB block 5 times; prints the page faults of the last 4.
+# (Not with numpy: it asks for transparent huge pages, which hide most faults.)
 CHILD = """
 import ctypes, json, resource
 from siamjax import host_memory
@@ -37,7 +37,7 @@ print(json.dumps({"applied": applied, "faults_per_cycle": (after - before) / 4})
 
 
 def _child(switch: str) -> dict:
-    env = dict(os.environ, **{host_memory.ENV_SWITCH: switch})
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **{host_memory.ENV_SWITCH: switch})
     r = subprocess.run(
         [sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True
     )
@@ -58,7 +58,12 @@ def test_freed_large_blocks_are_reused_instead_of_faulted_in_again():
     assert tuned["faults_per_cycle"] < 0.01 * pages
 
 
-def test_the_switch_and_other_platforms_leave_malloc_alone(monkeypatch):
+def test_the_switch_accelerators_and_other_platforms_leave_malloc_alone(monkeypatch):
     assert host_memory.apply({host_memory.ENV_SWITCH: "0"}) is False
+    assert host_memory.apply({"JAX_PLATFORMS": "cuda"}) is False
+    assert host_memory.apply({"JAX_PLATFORMS": "tpu,cpu"}) is False
+    monkeypatch.setattr(host_memory.importlib.util, "find_spec", lambda name: name == "libtpu")
+    assert host_memory.apply({}) is False
+    monkeypatch.undo()
     monkeypatch.setattr(platform, "system", lambda: "Darwin")
     assert host_memory.apply({}) is False
