@@ -10,10 +10,11 @@ next step reuses them: 0 page faults and 0.003-0.036 s of system CPU per step, a
 (21.4 against 20.2, 3 runs of each alternated).
 
 The cost: memory freed by the process is kept for its later allocations rather than returned to
-the system, so the resident set stays at its peak, and that peak grows (heap fragmentation: a
-300-step `configs/sigcomp.py` training peaked at 3.65 GB against 2.34 GB before); and all
-threads share one arena's lock, which made XLA's compilation of the SigNet step ~20% slower (12.9
-against 10.2-11.1 s; 2 s once per process, against ~0.08 s saved per step).
+the system, so the resident set stays at its peak, and that peak grows: a 20-step
+`configs/sigcomp.py` training with validation peaked at 3.31 GB, against 2.19 GB with the switch
+at 0 (`/usr/bin/time -v`). And all threads share one arena's lock, which made XLA's compilation of
+the SigNet step ~20% slower in separate runs (12.9 against 10.2-11.1 s; the two 20-step trainings
+compiled in 13.1 and 12.9 s).
 `SIAMJAX_MALLOC_TUNING=0` leaves malloc as it is.
 
 Only glibc (Linux) has these knobs; elsewhere `apply` does nothing, and so on accelerators, where
