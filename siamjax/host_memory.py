@@ -13,8 +13,8 @@ The cost: memory freed by the process is kept for its later allocations rather t
 the system, so the resident set stays at its peak, and that peak grows: a 20-step
 `configs/sigcomp.py` training with validation peaked at 3.31 GB, against 2.19 GB with the switch
 at 0 (`/usr/bin/time -v`). And all threads share one arena's lock, which made XLA's compilation of
-the SigNet step ~20% slower in separate runs (12.9 against 10.2-11.1 s; the two 20-step trainings
-compiled in 13.1 and 12.9 s).
+the SigNet step ~20% slower in separate runs (12.9 against 10.2-11.1 s; yet the two 20-step
+trainings compiled in 13.1 s with it and 12.9 s without).
 `SIAMJAX_MALLOC_TUNING=0` leaves malloc as it is.
 
 Only glibc (Linux) has these knobs; elsewhere `apply` does nothing, and so on accelerators, where
