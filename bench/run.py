@@ -276,6 +276,8 @@ class Context:
             "machine": machine_info(),
             "versions": versions(self.torch()[0]),
             "commit": commit_info(),
+            # Settings read from the environment that change the figures (siamjax.host_memory).
+            "env": {k: os.environ.get(k) for k in ("SIAMJAX_MALLOC_TUNING", "XLA_FLAGS")},
         }
 
     def emit(self, name: str, figures: dict[str, Any]) -> None:
