@@ -17,11 +17,17 @@ from siamjax import host_memory, xla_flags
 from siamjax.errors import one_line
 
 
-def hide_gpus_from_tensorflow() -> None:
-    """Also applies `siamjax.host_memory` (buffers reused between steps) and `siamjax.xla_flags`
-    (XLA:CPU's fast convolutions): call it before TensorFlow and JAX start."""
+def prepare_process() -> None:
+    """The process-wide settings every entry point starts with: `siamjax.host_memory` (XLA's
+    buffers reused between steps) and `siamjax.xla_flags` (XLA:CPU's fast convolutions). Call it
+    before any thread, TensorFlow or JAX starts."""
     host_memory.apply()
     xla_flags.apply()
+
+
+def hide_gpus_from_tensorflow() -> None:
+    """Also `prepare_process()`: call it before TensorFlow and JAX start."""
+    prepare_process()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 

@@ -18,9 +18,9 @@ trainings compiled in 13.1 s with it and 12.9 s without).
 `SIAMJAX_MALLOC_TUNING=0` leaves malloc as it is.
 
 Only glibc (Linux) has these knobs; elsewhere `apply` does nothing, and so on accelerators, where
-there is nothing to gain. They must be set before the
-threads that allocate exist (an arena, once a thread has one, stays): the entry points call
-`apply` through `siamjax.cli.hide_gpus_from_tensorflow`, before TensorFlow and JAX start.
+there is nothing to gain. They must be set before the threads that allocate exist (an arena, once
+a thread has one, stays): the entry points call `apply` through `siamjax.cli.prepare_process`,
+before TensorFlow and JAX start.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from siamjax import cli, host_memory, xla_flags
+from siamjax import cli
 from siamjax.errors import UserError, one_line
 from siamjax.verify.lib import FUSIONS, Verifier
 from siamjax.verify.records import Decision, Failure, read_pairs_csv
@@ -209,8 +209,7 @@ def run() -> None:
     """Entry point of the `siamjax-verify` console script and of `python -m siamjax.verify`."""
     if "--verbose" not in sys.argv:
         warnings.filterwarnings("ignore")  # Library deprecation notes are not for this user.
-    host_memory.apply()  # Before threads start: XLA's buffers reused from call to call.
-    xla_flags.apply()  # Before JAX starts: XLA:CPU's fast convolutions.
+    cli.prepare_process()  # Before threads and JAX start (TensorFlow is never imported here).
     sys.exit(main())
 
 
