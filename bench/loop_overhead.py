@@ -2,14 +2,17 @@
 
     python bench/loop_overhead.py [--config=configs/synthetic.py] [--block 30] [--rounds 16]
 
-Alternates blocks of `--block` steps of three loops, `--rounds` times, in one process (the
+Alternates blocks of `--block` steps of four loops, `--rounds` times, in one process (the
 machine's speed drifts within minutes, so both sides must share them):
   bare:     the jitted step on one fixed batch, nothing else (what bench/train_step.py times);
-  pipeline: each step's batch from TrainData (tf.data) and sharded onto the mesh;
+  inline:   each step's batch from TrainData (tf.data), sharded onto the mesh by the loop's own
+            thread between steps (train_lib's loop before parallel.GlobalBatches);
+  pipeline: the same batches made ahead by parallel.GlobalBatches' thread, as train_lib does;
   loop:     the pipeline plus what train_lib's loop does every step (the non-finite flags and the
             metrics merged on the device, the progress report).
 Prints one JSON line: the median pairs/s of each over the rounds, every round's, and
-loop / bare. Validation, checkpoints and log steps are not in it (summary.json's shares).
+inline / bare and loop / bare. Validation, checkpoints and log steps are not in it
+(summary.json's shares).
 """
 
 import json
@@ -28,7 +31,7 @@ config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Config file."
 flags.DEFINE_integer("block", 30, "Steps per block.")
 flags.DEFINE_integer("rounds", 16, "Blocks of each loop, alternated.")
 
-KINDS = ("bare", "pipeline", "loop")
+KINDS = ("bare", "inline", "pipeline", "loop")
 
 
 def main(argv):
@@ -48,8 +51,9 @@ def main(argv):
     train_data = TrainData(data, cfg)
     state, sharding = train_lib.init_state_on_mesh(cfg, models.create_model(cfg.model), mesh)
     step_fn = train_lib.compile_train_step(cfg, mesh, sharding, train_data.device_images(mesh))
-    batches = train_data.batches(0)
-    fixed = parallel.to_global(next(batches), mesh)
+    local = train_data.batches(0)
+    fixed = parallel.to_global(next(local), mesh)
+    ahead = parallel.GlobalBatches(train_data.batches(0), mesh, size=2)
     report = periodic_actions.ReportProgress(every_steps=10**9, every_secs=None)  # Never reports.
     reported = [0]
 
@@ -57,7 +61,12 @@ def main(argv):
         guard, sums = faults.NonFiniteGuard(False), None
         t0 = time.perf_counter()
         for _ in range(FLAGS.block):
-            batch = fixed if kind == "bare" else parallel.to_global(next(batches), mesh)
+            if kind == "bare":
+                batch = fixed
+            elif kind == "inline":
+                batch = parallel.to_global(next(local), mesh)
+            else:
+                batch = next(ahead)
             state, m = step_fn(state, batch)
             if kind == "loop":
                 m = guard.add(m)["train"]
@@ -74,6 +83,7 @@ def main(argv):
         for kind in KINDS:
             state, rate = block(kind, state)
             runs[kind].append(round(rate, 1))
+    ahead.close()
     median = {k: statistics.median(v) for k, v in runs.items()}
     print(
         json.dumps(
@@ -84,6 +94,7 @@ def main(argv):
                 "block": FLAGS.block,
                 "rounds": FLAGS.rounds,
                 **{f"{k}_pairs_per_s": v for k, v in median.items()},
+                "ratio_inline_over_bare": median["inline"] / median["bare"],
                 "ratio_loop_over_bare": median["loop"] / median["bare"],
                 "runs": runs,
             }

@@ -8,11 +8,13 @@ the global batch, so N devices compute exactly what one device would.
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -216,3 +218,83 @@ def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str
         global_shape = (v.shape[0] * jax.process_count(),) + v.shape[1:]
         out[k] = jax.make_array_from_process_local_data(sharding, v, global_shape)
     return out
+
+
+class GlobalBatches:
+    """`to_global` of each local batch, made `size` batches ahead in a background thread.
+
+    Why a thread: on the CPU backend XLA runs a jitted step in the calling thread, so the call
+    returns only when most of the step is done, and the next batch's host work (tf.data's
+    iterator, `make_array_from_process_local_data`) would add to every step instead of
+    overlapping it (4-5 ms of a 53 ms step for the `small` encoder). On accelerators the
+    dispatch is asynchronous anyway; the thread costs nothing there. The order of the batches
+    is that of `batches`; `close()` (or leaving the `with`) stops the thread, so a preempted or
+    failed loop leaves nothing running. An exception in the thread is raised by `next`.
+    """
+
+    _END = object()
+
+    def __init__(
+        self,
+        batches: Iterator[dict[str, np.ndarray]],
+        mesh: jax.sharding.Mesh,
+        size: int = 2,
+    ):
+        if size < 1:
+            raise ValueError(f"size={size}: at least one batch ahead.")
+        self._queue: queue.Queue = queue.Queue(maxsize=size)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._fill, args=(batches, mesh), name="GlobalBatches", daemon=True
+        )
+        self._thread.start()
+
+    def _fill(self, batches: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh) -> None:
+        try:
+            for batch in batches:
+                if not self._put(to_global(batch, mesh)):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # Raised again in the consumer's thread.
+            self._put(e)
+        finally:  # A generator's cleanup (tf.data's iterator) in the thread that ran it.
+            if hasattr(batches, "close"):
+                batches.close()
+
+    def _put(self, item: object) -> bool:
+        """Waits for room; False once closed (the consumer will not take it)."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def __iter__(self) -> GlobalBatches:
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        if self._stop.is_set():
+            raise StopIteration
+        item = self._queue.get()
+        if item is self._END:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stops the thread and drops the batches made ahead."""
+        self._stop.set()
+        self._thread.join()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    def __enter__(self) -> GlobalBatches:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

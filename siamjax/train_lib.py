@@ -250,12 +250,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Raises `Preempted` after checkpointing the current step on SIGTERM, `NonFiniteError` on a
     NaN/Inf step (unless config.skip_nonfinite_steps), `UserError` on bad input or storage.
     """
-    with faults.PreemptionWatcher() as preemption:
-        return _train_and_evaluate(config, workdir, preemption)
+    # The stack closes what the run opens (the input thread) however the run ends.
+    with faults.PreemptionWatcher() as preemption, contextlib.ExitStack() as resources:
+        return _train_and_evaluate(config, workdir, preemption, resources)
 
 
 def _train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, preemption: faults.PreemptionWatcher
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    preemption: faults.PreemptionWatcher,
+    resources: contextlib.ExitStack,
 ) -> dict[str, Any]:
     parallel.maybe_initialize_distributed()
     losses.check_loss(config.loss, config.model.combine)
@@ -297,7 +301,11 @@ def _train_and_evaluate(
     step_fn = compile_train_step(config, mesh, shardings, train_data.device_images(mesh))
     scorer = inference.Scorer(model, mesh, config.eval_batch_size)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    batches = train_data.batches(start)
+    # Global batches made ahead in a thread, so that the host's share of a step overlaps the
+    # step even where the step call blocks (XLA:CPU runs it in the calling thread).
+    batches = resources.enter_context(
+        parallel.GlobalBatches(train_data.batches(start), mesh, size=2)
+    )
     logging.info(
         "training steps %d..%d (%d per epoch, batch %d, pairs gathered on the %s)",
         start,
@@ -315,17 +323,16 @@ def _train_and_evaluate(
         pairs_per_step=config.batch_size,
     )
     report(start)  # Starts its clock (a first call never reports).
-    # Where the loop's wall time goes. The step is dispatched asynchronously, so the host prepares
-    # the next batch while the device computes; `input` is the host's time in the pipeline
-    # (waiting for tf.data, sharding the batch): while it stays well below the step time, the
-    # device never waits for data.
+    # Where the loop's wall time goes. `input` is the time the loop waited for a batch that the
+    # input thread had not made yet: a stall of the device, near zero while the pipeline keeps
+    # ahead of the step.
     spent = {"first_step_s": 0.0, "input_s": 0.0, "validation_s": 0.0, "checkpoint_s": 0.0}
     sums, val = None, {}
     guard = faults.NonFiniteGuard(config.skip_nonfinite_steps, skipped_before)
     saved = start or None
     for step in range(start + 1, num_steps + 1):
         with _timed(spent, "input_s", report):
-            batch = parallel.to_global(next(batches), mesh)
+            batch = next(batches)
         if step == start + 1:
             # Compilation and one step, waited for: what a longer run amortises, kept apart from
             # the steps' time so that the loop's sustained rate can be read off summary.json.

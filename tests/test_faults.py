@@ -100,15 +100,15 @@ def test_sigterm_checkpoints_the_step_and_flushes(tiny_config, tmp_path, monkeyp
     continues and ends with exactly the parameters of an uninterrupted run."""
     cfg = _cfg(tiny_config, checkpoint_every_steps=100, eval_every_steps=100, num_train_steps=8)
     calls = {"n": 0}
-    to_global = parallel.to_global
+    take = parallel.GlobalBatches.__next__
 
-    def sigterm_at_step_5(batch, mesh):
+    def sigterm_at_step_5(self):
         calls["n"] += 1
-        if calls["n"] == 5:  # The signal arrives while step 5 is being prepared.
+        if calls["n"] == 5:  # The signal arrives while the loop takes step 5's batch.
             os.kill(os.getpid(), signal.SIGTERM)
-        return to_global(batch, mesh)
+        return take(self)
 
-    monkeypatch.setattr(parallel, "to_global", sigterm_at_step_5)
+    monkeypatch.setattr(parallel.GlobalBatches, "__next__", sigterm_at_step_5)
     wd = str(tmp_path / "preempted")
     with pytest.raises(Preempted, match="saved step 5") as e:
         train_lib.train_and_evaluate(cfg, wd)
