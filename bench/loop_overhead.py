@@ -8,10 +8,13 @@ machine's speed drifts within minutes, so both sides must share them):
   inline:   each step's batch from TrainData (tf.data), sharded onto the mesh by the loop's own
             thread between steps (train_lib's loop before parallel.GlobalBatches);
   pipeline: the same batches made ahead by parallel.GlobalBatches' thread, as train_lib does;
-  loop:     the pipeline plus what train_lib's loop does every step (the non-finite flags and the
-            metrics merged on the device, the progress report).
+  merged:   the pipeline plus the non-finite flags and metrics merged on the device every step
+            (train_lib's loop before `merge_steps`) and the progress report;
+  loop:     the pipeline plus what train_lib's loop does: each step's flags and metrics kept on
+            the device, fetched and merged on the host at the block's end (a log step), and the
+            progress report.
 Prints one JSON line: the median pairs/s of each over the rounds, every round's, and
-inline / bare and loop / bare. Validation, checkpoints and log steps are not in it
+inline / bare, merged / bare and loop / bare. Validation, checkpoints and log steps are not in it
 (summary.json's shares).
 """
 
@@ -31,7 +34,7 @@ config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Config file."
 flags.DEFINE_integer("block", 30, "Steps per block.")
 flags.DEFINE_integer("rounds", 16, "Blocks of each loop, alternated.")
 
-KINDS = ("bare", "inline", "pipeline", "loop")
+KINDS = ("bare", "inline", "pipeline", "merged", "loop")
 
 
 def main(argv):
@@ -40,6 +43,7 @@ def main(argv):
 
     cli.hide_gpus_from_tensorflow()
     import jax
+    import jax.numpy as jnp
     from clu import periodic_actions
 
     from siamjax import faults, models, parallel, train_lib
@@ -58,7 +62,7 @@ def main(argv):
     reported = [0]
 
     def block(kind, state):
-        guard, sums = faults.NonFiniteGuard(False), None
+        guard, sums, acc, steps = faults.NonFiniteGuard(False), None, None, []
         t0 = time.perf_counter()
         for _ in range(FLAGS.block):
             if kind == "bare":
@@ -68,11 +72,20 @@ def main(argv):
             else:
                 batch = next(ahead)
             state, m = step_fn(state, batch)
-            if kind == "loop":
-                m = guard.add(m)["train"]
-                sums = m if sums is None else sums.merge(m)
+            if kind == "merged":
+                flags = (m[faults.NONFINITE], m[faults.FIRST_NONFINITE])
+                acc = flags if acc is None else (acc[0] + flags[0], jnp.minimum(acc[1], flags[1]))
+                sums = m["train"] if sums is None else sums.merge(m["train"])
+            elif kind == "loop":
+                steps.append(guard.add(m)["train"])
+            if kind in ("merged", "loop"):
                 reported[0] += 1
                 report(reported[0])
+        if kind == "merged":
+            jax.device_get((sums, acc))[0].compute()
+        elif kind == "loop":
+            train_lib.merge_steps(steps).compute()
+            guard.check(0, None, "")
         jax.block_until_ready(state.params)
         return state, FLAGS.block * cfg.batch_size / (time.perf_counter() - t0)
 
@@ -95,6 +108,7 @@ def main(argv):
                 "rounds": FLAGS.rounds,
                 **{f"{k}_pairs_per_s": v for k, v in median.items()},
                 "ratio_inline_over_bare": median["inline"] / median["bare"],
+                "ratio_merged_over_bare": median["merged"] / median["bare"],
                 "ratio_loop_over_bare": median["loop"] / median["bare"],
                 "runs": runs,
             }

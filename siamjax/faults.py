@@ -67,35 +67,31 @@ def step_flags(finite: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
 
 
 class NonFiniteGuard:
-    """Accumulates the steps' flags on the device; `check` fetches them (a sync) and acts."""
+    """Keeps the steps' flags (on the device); `check` fetches them (a sync) and acts.
+
+    The flags are kept as the steps returned them, not summed as they come: a sum is an eager
+    dispatch per step, host time that XLA:CPU does not overlap with the next step. `check` runs
+    at least every `log_every_steps`, so the list stays short.
+    """
 
     def __init__(self, skip: bool, skipped_before: int = 0):
         self.skip = skip
         self.skipped = int(skipped_before)
-        self._pending: dict[str, jax.Array] | None = None
+        self._pending: list[dict[str, jax.Array]] = []
 
     def add(self, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """Takes the flags out of a step's metrics (asynchronously); returns the rest."""
-        flags = {k: metrics[k] for k in (NONFINITE, FIRST_NONFINITE)}
-        rest = {k: v for k, v in metrics.items() if k not in flags}
-        if self._pending is None:
-            self._pending = flags
-        else:
-            self._pending = {
-                NONFINITE: self._pending[NONFINITE] + flags[NONFINITE],
-                FIRST_NONFINITE: jnp.minimum(
-                    self._pending[FIRST_NONFINITE], flags[FIRST_NONFINITE]
-                ),
-            }
-        return rest
+        self._pending.append({k: metrics[k] for k in (NONFINITE, FIRST_NONFINITE)})
+        return {k: v for k, v in metrics.items() if k not in (NONFINITE, FIRST_NONFINITE)}
 
     def check(self, step: int, last_saved: int | None, directory: str) -> None:
         """Raises NonFiniteError (stop mode) or logs and counts (skip mode) the bad steps since
         the last check; `step` is the current step, `last_saved` the newest saved step."""
-        if self._pending is None:
+        if not self._pending:
             return
-        pending, self._pending = jax.device_get(self._pending), None
-        n, first = int(pending[NONFINITE]), int(pending[FIRST_NONFINITE])
+        pending, self._pending = jax.device_get(self._pending), []
+        n = sum(int(p[NONFINITE]) for p in pending)
+        first = min(int(p[FIRST_NONFINITE]) for p in pending)
         if not n:
             return
         if not self.skip:

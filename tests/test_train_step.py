@@ -1,6 +1,7 @@
 """The jitted train step: it learns, it is the same on 1 and 8 devices, it compiles once."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -96,3 +97,23 @@ def test_batch_size_must_divide_over_devices():
 
     with pytest.raises(UserError, match="multiple of the 8 devices"):
         parallel.check_batch_size(12, parallel.make_mesh(jax.devices()[:8]))
+
+
+def test_merge_steps_is_the_mean_over_the_steps_unskipped_pairs():
+    """The loop's log: each step's metrics merged on the host; a skipped (masked) step counts in
+    neither mean."""
+    steps = [
+        train_lib.TrainMetrics.single_from_model_output(
+            loss=jnp.full((4,), loss, jnp.float32),
+            correct=jnp.asarray(correct, jnp.float32),
+            mask=jnp.full((4,), finite),
+        )
+        for loss, correct, finite in [
+            (1.0, [1, 1, 0, 0], True),
+            (jnp.nan, [0, 0, 0, 0], False),
+            (0.5, [1, 1, 1, 0], True),
+        ]
+    ]
+    means = train_lib.merge_steps(steps).compute()
+    assert float(means["loss"]) == pytest.approx(0.75)
+    assert float(means["accuracy"]) == pytest.approx(5 / 8)
