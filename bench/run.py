@@ -618,6 +618,7 @@ def _e2e_figures(ctx: Context, t: dict[str, Any], before: dict[str, Any]) -> dic
         "setup_s": child.wall_s - loop_s,
         "process_pairs_per_s": steps * batch / child.wall_s,
         "logged_pairs_per_s_median": logged_median,
+        "logged_pairs_per_s": [round(x) for x in logged],  # Every interval's, in order.
         # Where the loop's time went (train_lib's own clock): a host share near 0 means the
         # pipeline, validation and checkpoints never made the device wait long.
         "time_shares": {

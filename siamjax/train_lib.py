@@ -306,14 +306,15 @@ def _train_and_evaluate(
             sum(x.size for x in jax.tree.leaves(state.params)),
         )
 
-    step_fn = compile_train_step(config, mesh, shardings, train_data.device_images(mesh))
-    scorer = inference.Scorer(model, mesh, config.eval_batch_size)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     # Global batches made ahead in a thread, so that the host's share of a step overlaps the
-    # step even where the step call blocks (XLA:CPU runs it in the calling thread).
+    # step even where the step call blocks (XLA:CPU runs it in the calling thread). Started
+    # here, the pipeline's start-up overlaps the setup below.
     batches = resources.enter_context(
         parallel.GlobalBatches(train_data.batches(start), mesh, size=2)
     )
+    step_fn = compile_train_step(config, mesh, shardings, train_data.device_images(mesh))
+    scorer = inference.Scorer(model, mesh, config.eval_batch_size)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     logging.info(
         "training steps %d..%d (%d per epoch, batch %d, pairs gathered on the %s)",
         start,
