@@ -575,7 +575,9 @@ def _bare_step(ctx: Context, spec: str, batch: int) -> dict[str, Any]:
     return run_child(cmd, ctx.args.timeout).last_json()
 
 
-def _e2e_figures(ctx: Context, t: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+def _e2e_figures(
+    ctx: Context, t: dict[str, Any], before: dict[str, Any], after: dict[str, Any]
+) -> dict[str, Any]:
     """End-to-end pairs/s of a finished run against the bare step of the same config and batch.
 
     `e2e_pairs_per_s` counts the whole loop (compilation, pipeline, logging, validation,
@@ -594,7 +596,6 @@ def _e2e_figures(ctx: Context, t: dict[str, Any], before: dict[str, Any]) -> dic
     logged = [float(m.group(3)) for m in TRAIN_LOG.finditer(child.stderr)]
     gathered = re.search(r"pairs gathered on the (\w+)\)", child.stderr)
     steady = logged[1:] or logged  # The first interval holds the compilation.
-    after = _bare_step(ctx, spec, batch)
     bare = {
         k: statistics.mean([before[k], after[k]])
         for k in ("pairs_per_s", "pairs_per_s_mean", "first_step_s")
@@ -640,11 +641,44 @@ def _e2e_figures(ctx: Context, t: dict[str, Any], before: dict[str, Any]) -> dic
     }
 
 
+def _e2e_runs(ctx: Context, name: str, spec: str, batch: int, first: Callable[[], dict]):
+    """`--e2e_repeats` trainings, each between two bare runs (bare, train, bare, train, ...,
+    bare; each bare run serves the trainings on both sides): a line per training, then, with
+    repeats, one line of the ratios and their medians. One training's ratio moves by the
+    machine's drift during its minute; the median over several is the figure to quote."""
+    before = _bare_step(ctx, spec, batch)
+    lines = []
+    for k in range(ctx.args.e2e_repeats):
+        t = first() if k == 0 else _train_once(ctx, spec, os.path.join(ctx.tmp, f"{name}_{k}"))
+        after = _bare_step(ctx, spec, batch)
+        lines.append(_e2e_figures(ctx, t, before, after))
+        if ctx.args.e2e_repeats > 1:
+            lines[-1]["repeat"] = k + 1
+        yield (name, lines[-1])
+        before = after
+    if len(lines) > 1:
+        keys = ("ratio_sustained_over_step", "ratio_e2e_over_step", "ratio_logged_over_step")
+        yield (
+            f"{name}_repeats",
+            {
+                "config": spec,
+                "steps": ctx.args.e2e_steps,
+                "repeats": len(lines),
+                **{k: [line[k] for line in lines] for k in keys},
+                **{f"{k}_median": _median_of([line[k] for line in lines]) for k in keys},
+            },
+        )
+
+
+def _median_of(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 @benchmark("end_to_end")
 def bench_end_to_end(ctx: Context):
     spec, _, cfg = _e2e_setup(ctx)
-    before = _bare_step(ctx, spec, cfg.batch_size)
-    yield ("end_to_end", _e2e_figures(ctx, _train(ctx), before))
+    yield from _e2e_runs(ctx, "end_to_end", spec, cfg.batch_size, lambda: _train(ctx))
 
 
 @benchmark("end_to_end_synthetic")
@@ -654,9 +688,13 @@ def bench_end_to_end_synthetic(ctx: Context):
         yield ("end_to_end_synthetic", {"skipped": "end_to_end already ran configs/synthetic.py"})
         return
     spec, _, cfg = _e2e_setup(ctx, "configs/synthetic.py")
-    before = _bare_step(ctx, spec, cfg.batch_size)
-    t = _train_once(ctx, spec, os.path.join(ctx.tmp, "workdir_synthetic"))
-    yield ("end_to_end_synthetic", _e2e_figures(ctx, t, before))
+    yield from _e2e_runs(
+        ctx,
+        "end_to_end_synthetic",
+        spec,
+        cfg.batch_size,
+        lambda: _train_once(ctx, spec, os.path.join(ctx.tmp, "workdir_synthetic")),
+    )
 
 
 @benchmark("eval_rss")
@@ -960,6 +998,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="eval and checkpoint every N steps (default: e2e_steps / 2)",
     )
     g.add_argument("--e2e_batch", type=int, default=None, help="default: the config's")
+    g.add_argument(
+        "--e2e_repeats",
+        type=int,
+        default=1,
+        help="trainings of end_to_end(_synthetic), alternated with bare runs; with more than "
+        "one, a last line gives each ratio's median",
+    )
     g.add_argument(
         "--e2e_step_steps",
         type=int,
