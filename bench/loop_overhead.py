@@ -45,6 +45,7 @@ def main(argv):
     import jax
     import jax.numpy as jnp
     from clu import periodic_actions
+    from run import commit_info  # bench/run.py, beside this file.
 
     from siamjax import faults, models, parallel, train_lib
     from siamjax.input_pipeline import Data, TrainData
@@ -111,6 +112,7 @@ def main(argv):
                 "ratio_merged_over_bare": median["merged"] / median["bare"],
                 "ratio_loop_over_bare": median["loop"] / median["bare"],
                 "runs": runs,
+                "commit": commit_info(),
             }
         )
     )
