@@ -81,8 +81,9 @@ class NonFiniteGuard:
 
     def add(self, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """Takes the flags out of a step's metrics (asynchronously); returns the rest."""
-        self._pending.append({k: metrics[k] for k in (NONFINITE, FIRST_NONFINITE)})
-        return {k: v for k, v in metrics.items() if k not in (NONFINITE, FIRST_NONFINITE)}
+        flags = {k: metrics[k] for k in (NONFINITE, FIRST_NONFINITE)}
+        self._pending.append(flags)
+        return {k: v for k, v in metrics.items() if k not in flags}
 
     def check(self, step: int, last_saved: int | None, directory: str) -> None:
         """Raises NonFiniteError (stop mode) or logs and counts (skip mode) the bad steps since
