@@ -7,14 +7,20 @@ plus its folder.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import ml_collections
-import tensorflow_datasets as tfds
 from absl import logging
 
 from siamjax import catalog as catalog_lib
 from siamjax import synthetic
 from siamjax.errors import UserError
+
+if TYPE_CHECKING:
+    import tensorflow_datasets as tfds
+
+# TFDS (and TensorFlow) are imported when a dataset is built, with the one builder the config
+# names: importing this module loads neither.
 
 DATASETS = ("synthetic", "sigcomp2011", "cedar", "signature_folder")
 
@@ -65,7 +71,7 @@ def make_builder(config: ml_collections.ConfigDict) -> tuple[tfds.core.DatasetBu
         return synth.make_builder(synthetic_settings(config), data_dir=out), None
     skip = bool(config.real.skip_bad_files)
     if config.dataset == "sigcomp2011":
-        from siamjax.datasets import sigcomp2011
+        from siamjax.datasets.sigcomp2011 import sigcomp2011_dataset_builder as sigcomp2011
 
         builder = sigcomp2011.Builder.for_size(h, w, data_dir=out, skip_bad_files=skip)
         return builder, raw_data_dir(config)
@@ -99,6 +105,8 @@ def make_builder(config: ml_collections.ConfigDict) -> tuple[tfds.core.DatasetBu
 
 def prepare(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     """Builds the dataset once (offline, explicit data dir); later calls find it prepared."""
+    import tensorflow_datasets as tfds
+
     builder, manual_dir = make_builder(config)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     logging.info("dataset %s/%s in %s", builder.name, builder.builder_config.name, builder.data_dir)
