@@ -37,6 +37,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.real = ml_collections.ConfigDict()
     # Skip unreadable / unmatched files and write a report instead of stopping the build.
     c.real.skip_bad_files = False
+    # What the ink pixels keep (siamjax.preprocess.INK_MODES): 'raw' (their darkness, the scan's
+    # grey levels), 'normalized' (their rank within the image, mapped onto one fixed distribution)
+    # or 'binary' (ink or not). Part of the prepared dataset's identity and of the model's input:
+    # eval.py, siamjax-verify and the export use the training run's value.
+    c.real.ink = "raw"
     # signature_folder: a root (relative to data_dir or absolute) and a regular expression on the
     # relative path with named groups `writer`, `kind` (and optionally `forger`).
     c.real.folder_root = ""

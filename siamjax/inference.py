@@ -44,6 +44,11 @@ def model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     out = {k: d[k] for k in MODEL_KEYS}
     # How convolutions are computed does not change the model (siamjax.conv).
     out["model"] = {k: v for k, v in out["model"].items() if k not in COMPUTE_ONLY_MODEL_KEYS}
+    # The ink mode changes what the model sees; 'raw' (and runs from before the key) add nothing,
+    # so the fingerprints of older workdirs are unchanged.
+    ink = (d.get("real") or {}).get("ink", "raw")
+    if ink != "raw":
+        out["ink"] = ink
     return out
 
 
@@ -55,7 +60,9 @@ def check_model_matches(config: ml_collections.ConfigDict, workdir: str) -> None
         with open(path) as f:
             theirs = model_fingerprint(ml_collections.ConfigDict(json.load(f)))
         diffs = [
-            f"{k}: {theirs[k]} there, {mine[k]} now" for k in MODEL_KEYS if theirs[k] != mine[k]
+            f"{k}: {theirs.get(k, 'raw')} there, {mine.get(k, 'raw')} now"
+            for k in sorted(theirs.keys() | mine.keys())
+            if theirs.get(k) != mine.get(k)
         ]
         if diffs:
             raise UserError(

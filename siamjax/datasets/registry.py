@@ -63,16 +63,17 @@ def make_builder(config: ml_collections.ConfigDict) -> tuple[tfds.core.DatasetBu
         from siamjax.datasets.synthetic import synthetic_dataset_builder as synth
 
         return synth.make_builder(synthetic_settings(config), data_dir=out), None
-    skip = bool(config.real.skip_bad_files)
+    skip, ink = bool(config.real.skip_bad_files), str(config.real.ink)
     if config.dataset == "sigcomp2011":
         from siamjax.datasets import sigcomp2011
 
-        builder = sigcomp2011.Builder.for_size(h, w, data_dir=out, skip_bad_files=skip)
+        builder = sigcomp2011.Builder.for_size(h, w, data_dir=out, skip_bad_files=skip, ink=ink)
         return builder, raw_data_dir(config)
     if config.dataset == "cedar":
         from siamjax.datasets import cedar
 
-        return cedar.Builder.for_size(h, w, data_dir=out, skip_bad_files=skip), raw_data_dir(config)
+        builder = cedar.Builder.for_size(h, w, data_dir=out, skip_bad_files=skip, ink=ink)
+        return builder, raw_data_dir(config)
     if config.dataset == "signature_folder":
         from siamjax.datasets import signature_folder
 
@@ -93,6 +94,7 @@ def make_builder(config: ml_collections.ConfigDict) -> tuple[tfds.core.DatasetBu
             forged_values=r.forged_values,
             folder_name=r.folder_name,
             skip_bad_files=skip,
+            ink=ink,
         ), manual
     raise UserError(f"config.dataset={config.dataset!r}; use one of {DATASETS}.")
 

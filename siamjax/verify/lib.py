@@ -57,6 +57,12 @@ def load_config(workdir: str | os.PathLike) -> Any:
     return ml_collections.ConfigDict(doc)
 
 
+def ink_of(config: Any) -> str:
+    """The ink mode a run was trained with (`config.real.ink`); runs from before the key: 'raw'."""
+    real = config.get("real") or {}
+    return str(real.get("ink", "raw"))
+
+
 class Verifier:
     """A trained workdir ready to score pairs of files.
 
@@ -82,6 +88,7 @@ class Verifier:
         self.workdir = os.path.abspath(os.fspath(workdir))
         self.config = load_config(self.workdir)
         self.height, self.width = int(self.config.image_height), int(self.config.image_width)
+        self.ink = ink_of(self.config)
         self.fusion = fusion
         self._requested_step, self._threshold_override = step, threshold
         self._batch_size = batch_size
@@ -122,7 +129,7 @@ class Verifier:
         from siamjax.preprocess import preprocess_file
 
         try:
-            return preprocess_file(key_and_name[1], self.height, self.width)
+            return preprocess_file(key_and_name[1], self.height, self.width, self.ink)
         except UserError as e:
             return one_line(str(e))
 
