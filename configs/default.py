@@ -88,6 +88,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.small_width = 16  # First-layer channels of the "small" and "vgg" encoders.
     c.model.vgg_stem = 1  # 'vgg': > 1 makes the first layer a stem x stem, stride-stem patchify.
     c.model.bn_momentum = 0.9  # BatchNorm running-average momentum.
+    # 'small' and 'vgg': normalisation of the conv blocks, 'batch' (BatchNorm) or 'group'
+    # (GroupNorm, per image: no batch statistics); and how the last feature map becomes a vector,
+    # 'flatten' (keeps positions; a large dense layer) or 'gap' (global average pooling).
+    c.model.norm = "batch"
+    c.model.pool = "flatten"
     # How convolutions are computed (not part of the model: checkpoints move freely between them):
     # 'xla' (XLA's own), 'matmul_dw' (weight gradients as matmuls over input windows, see
     # siamjax/conv.py) or 'auto': XLA's, except on a CPU without siamjax/xla_flags.py's XNNPACK

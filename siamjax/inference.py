@@ -33,6 +33,9 @@ from siamjax.train_state import create_train_state
 # Config keys that define the network and its input: a checkpoint is only valid under the same.
 MODEL_KEYS = ("model", "image_height", "image_width")
 COMPUTE_ONLY_MODEL_KEYS = ("conv_impl",)
+# Model keys added after runs were made: at these values they leave the fingerprint unchanged, so
+# workdirs written before the key existed still restore.
+LATER_MODEL_KEY_DEFAULTS = {"norm": "batch", "pool": "flatten"}
 
 
 # ---- The workdir: model fingerprint, checkpoint ----------------------------------------------
@@ -43,7 +46,12 @@ def model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     d = json.loads(config.to_json_best_effort())
     out = {k: d[k] for k in MODEL_KEYS}
     # How convolutions are computed does not change the model (siamjax.conv).
-    out["model"] = {k: v for k, v in out["model"].items() if k not in COMPUTE_ONLY_MODEL_KEYS}
+    out["model"] = {
+        k: v
+        for k, v in out["model"].items()
+        if k not in COMPUTE_ONLY_MODEL_KEYS
+        and not (k in LATER_MODEL_KEY_DEFAULTS and v == LATER_MODEL_KEY_DEFAULTS[k])
+    }
     # The ink mode changes what the model sees; 'raw' (and runs from before the key) add nothing,
     # so the fingerprints of older workdirs are unchanged.
     ink = (d.get("real") or {}).get("ink", "raw")
