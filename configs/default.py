@@ -148,6 +148,18 @@ def get_config() -> ml_collections.ConfigDict:
     # Genuine references per questioned signature (1: the fixed pairs; 5 or 12 as in SigComp2011).
     c.eval.references = 1
     c.eval.fusion = "mean"  # How K reference scores become one: 'mean', 'max' or 'min'.
+    # Writers of the split with fewer than K + 1 genuine signatures cannot be enrolled with K
+    # references: eval.py refuses (one line, exit 2) unless this is True, when it evaluates the
+    # other writers and metrics.json lists the ones left out.
+    c.eval.allow_fewer_writers = False
+    # Enrolment with K references (siamjax/enrollment.py): 'none' (the fused pair scores),
+    # 'znorm' (standardised by the references' scores against each other; K >= 2) or 'svm' (a
+    # writer-dependent SVM on the embeddings against the training writers' genuine signatures).
+    c.eval.enrollment = "none"
+    # What scores the trials: 'model' (the trained network), or the untrained ink-darkness controls
+    # of siamjax/ink_baseline.py, 'ink' (the questioned scan's darkness) and 'ink_pair' (its
+    # difference from the references'); those need no checkpoint.
+    c.eval.scorer = "model"
     # Per-writer thresholds (needs references >= 2): each writer's threshold moves with how its
     # references score against each other (enrolment only): t_w = t + (m_w - mean over the
     # validation writers of m_w), with t chosen on validation.
