@@ -70,7 +70,10 @@ def score_split(args: list[str], split: str, workdir: str) -> dict:
     with open(summary_path) as f:
         summary = json.load(f)
     _run([sys.executable, "eval.py", *full, "--split=validation"], log_path)
-    with open(os.path.join(workdir, "eval", "validation", "metrics.json")) as f:
+    # A run trained on several datasets is judged on the one --config.eval.dataset names.
+    target = next((a.split("=", 1)[1] for a in args if a.startswith("--config.eval.dataset=")), "")
+    folder = f"{target}_validation" if target else "validation"
+    with open(os.path.join(workdir, "eval", folder, "metrics.json")) as f:
         doc = json.load(f)
     m = doc["metrics"]
     return {

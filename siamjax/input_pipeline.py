@@ -70,16 +70,35 @@ class Data:
     def _init_writer_disjoint(self, config: ml_collections.ConfigDict) -> None:
         self.catalog: Catalog = registry.load_catalog(config)
         cat = self.catalog
-        self.splits = pairs_lib.split_writers(cat.writer, config.split, config.seed)
+        # Several datasets: each is split by config.split on its own writers, and its evaluation
+        # pairs are drawn among its own images, exactly as when it is trained on alone, so that
+        # `--config.eval.dataset=<one of them>` evaluates the same writers and pairs.
+        names = registry.dataset_names(config)
+        owner = registry.dataset_of(cat.writer) if len(names) > 1 else np.full(len(cat), "")
+        per_part = [
+            pairs_lib.split_writers(cat.writer[owner == part], config.split, config.seed)
+            for part in np.unique(owner)
+        ]
+        self.splits = per_part[0]
+        for more in per_part[1:]:
+            self.splits = {k: sorted(v + more[k]) for k, v in self.splits.items()}
         self.indices = pairs_lib.split_indices(cat.writer, self.splits)
         pairs_lib.check_disjoint(cat.writer, cat.sha256, self.indices)
-        self.eval_pairs = {
-            name: pairs_lib.eval_pairs(
-                cat.writer, cat.is_genuine, self.indices[name], config.pairs, config.seed
-            )
-            for name in ("validation", "test")
-            if len(self.indices[name])
-        }
+        self.eval_pairs = {}
+        for split in ("validation", "test"):
+            parts = [
+                pairs_lib.eval_pairs(
+                    cat.writer,
+                    cat.is_genuine,
+                    self.indices[split][owner[self.indices[split]] == part],
+                    config.pairs,
+                    config.seed,
+                )
+                for part in np.unique(owner)
+                if np.any(owner[self.indices[split]] == part)
+            ]
+            if parts:
+                self.eval_pairs[split] = pairs_lib.concatenate(parts)
 
     def save(self, workdir: str) -> None:
         """Writes `workdir/pairs/<split>.json` (the fixed evaluation pairs, with source paths) and

@@ -44,6 +44,15 @@ class Pairs:
         return Pairs(self.a[idx], self.b[idx], self.label[idx], self.kind[idx])
 
 
+def concatenate(parts: list[Pairs]) -> Pairs:
+    """One list of pairs of several (indices into the same catalog), in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return Pairs(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("a", "b", "label", "kind"))
+    )
+
+
 def make_pairs(a, b, kind) -> Pairs:
     """Pairs from index lists and kind codes; the label follows from the kind (1 for GENUINE), so
     that a fixed list of pairs (e.g. SigComp2011's Kaggle lists) cannot disagree with itself."""
