@@ -45,7 +45,7 @@ def measure(
     import numpy as np
 
     from configs import synthetic
-    from siamjax import inference, models, parallel
+    from siamjax import inference, models, parallel, scoring
     from siamjax import pairs as pairs_lib
 
     cfg = synthetic.get_config("tiny")
@@ -65,7 +65,7 @@ def measure(
         kind = rng.integers(0, 3, n, dtype=np.int32)
         p = pairs_lib.Pairs(ab[0], ab[1], (kind == pairs_lib.GENUINE).astype(np.int32), kind)
         t0 = time.perf_counter()
-        scores = inference.probabilities(scorer.logits(variables, imgs, p))
+        scores = scoring.probabilities(scorer.logits(variables, imgs, p))
         assert scores.shape == (n,) and np.all(np.isfinite(scores))
         return time.perf_counter() - t0
 

@@ -2,7 +2,9 @@
 
 A checkpoint is a step directory under `<workdir>/checkpoints` holding two items: `state` (the
 whole TrainState: params, optimiser state, BatchNorm statistics, RNG, step) and `meta` (JSON:
-calibration, validation metrics, the model config). Kept: the latest `keep` steps plus the best by
+calibration, validation metrics, the model config). Training restores the whole state; inference
+restores a part of it (`partial=True`: parameters and BatchNorm statistics alone, so that no
+optimiser is ever built to read a model). Kept: the latest `keep` steps plus the best by
 validation EER. Saves are asynchronous; `wait()` before the process exits.
 
 Damage: once a save has finished, this module writes `siamjax_digest.json` into its step directory
@@ -264,27 +266,28 @@ class Checkpointer:
         return None
 
     def restore_latest_good(
-        self, abstract_state: Any, prefer: int | None = None
+        self, abstract_state: Any, prefer: int | None = None, partial: bool = False
     ) -> tuple[int, Any, dict[str, Any]]:
         """(step, state, meta) of `prefer` (default: the latest step) or, when that one is
-        damaged, of the newest step that is intact, with a warning naming both.
+        damaged, of the newest step that is intact, with a warning naming both. `partial` as
+        in `restore`.
 
         Raises a UserError when there is no checkpoint, or none restores (the error of the
         preferred step, e.g. a checkpoint of another model, names the folder).
         """
         for _ in range(3):
             try:
-                return self._restore_latest_good(abstract_state, prefer)
+                return self._restore_latest_good(abstract_state, prefer, partial)
             except UserError as e:
                 if " is gone" not in str(e):
                     raise
                 # A trainer beside this reader deleted the steps listed: list them again.
                 self.manager.reload()
                 prefer = None
-        return self._restore_latest_good(abstract_state, prefer)
+        return self._restore_latest_good(abstract_state, prefer, partial)
 
     def _restore_latest_good(
-        self, abstract_state: Any, prefer: int | None
+        self, abstract_state: Any, prefer: int | None, partial: bool
     ) -> tuple[int, Any, dict[str, Any]]:
         steps = sorted(self.manager.all_steps(), reverse=True)
         if not steps:
@@ -296,7 +299,7 @@ class Checkpointer:
             problem = self.step_problem(step)
             if problem is None:
                 try:
-                    state, meta = self.restore(step, abstract_state)
+                    state, meta = self.restore(step, abstract_state, partial)
                 except Exception as e:  # noqa: BLE001 - any unreadable step is skipped.
                     problem, err = one_line(e, lines="first")[:300].split(": ", 1)[-1], e
                 else:
@@ -328,10 +331,15 @@ class Checkpointer:
         bad = "; ".join(f"step {s}: {p}" for s, p, _ in failures)
         raise UserError(f"no checkpoint in {self.directory} can be restored ({bad}).") from err
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    def restore(
+        self, step: int, abstract_state: Any, partial: bool = False
+    ) -> tuple[Any, dict[str, Any]]:
         """Restores `step` into the shapes, dtypes and shardings of `abstract_state`.
 
-        A checkpoint of another model (other shapes or tree) becomes a UserError naming the folder.
+        With `partial`, `abstract_state` is a dict naming some of the saved state's fields (e.g.
+        {"params", "batch_stats"}) and only those are read; the rest (optimiser state, RNG) is
+        never loaded. A checkpoint of another model (other shapes or tree) becomes a UserError
+        naming the folder.
         """
         if step not in self.manager.all_steps():
             raise UserError(
@@ -343,12 +351,17 @@ class Checkpointer:
             raise UserError(
                 f"the checkpoint in {self.directory} (step {step}) is damaged: {problem}."
             )
+        if partial:
+            state_args = ocp.args.PyTreeRestore(
+                item=abstract_state,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state),
+                partial_restore=True,
+            )
+        else:
+            state_args = ocp.args.StandardRestore(abstract_state)
         try:
             restored = self.manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-                ),
+                step, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore())
             )
         except (ValueError, KeyError, TypeError) as e:
             first = one_line(e, lines="first")

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.special
 
+from siamjax import scoring
 from siamjax.errors import UserError
 
 METHODS = ("none", "znorm", "svm")
@@ -61,13 +62,6 @@ class Enrollment:
     center: float = 0.0  # 'znorm': mean logit of reference pairs.
     spread: float = 1.0  # 'znorm': their std, floored at MIN_SPREAD.
     classifier: object | None = None  # 'svm': the fitted sklearn SVC.
-
-
-def fuse(scores: np.ndarray, method: str = "mean") -> np.ndarray:
-    """[n, K] scores (probabilities or logits) -> [n] by 'mean', 'max' or 'min' over K."""
-    from siamjax import metrics  # Fusion's one definition.
-
-    return metrics.fuse_scores(scores, method)
 
 
 def enroll(
@@ -116,8 +110,8 @@ def score(enrollment: Enrollment, questioned: np.ndarray, pair_logits: PairLogit
     logits = np.asarray(pair_logits(refs, np.repeat(q, k, axis=0)), np.float32).reshape(n, k)
     if enrollment.method == "none":
         probs = np.asarray(scipy.special.expit(logits), np.float64)  # As inference.probabilities.
-        return fuse(probs, enrollment.fusion) if k > 1 else probs[:, 0]
+        return scoring.fuse_scores(probs, enrollment.fusion) if k > 1 else probs[:, 0]
     # 'znorm' fuses in logits, where standardising is exact: a head that adds a constant to
     # every logit, or scales them all, gives the same scores.
-    fused = fuse(logits.astype(np.float64), enrollment.fusion)
+    fused = scoring.fuse_scores(logits.astype(np.float64), enrollment.fusion)
     return scipy.special.expit((fused - enrollment.center) / enrollment.spread)

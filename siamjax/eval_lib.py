@@ -20,8 +20,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from siamjax import inference, metrics, parallel, plots
+from siamjax import inference, metrics, parallel, plots, scoring
 from siamjax import pairs as pairs_lib
+from siamjax import workdir as workdir_lib
 from siamjax.datasets import registry
 from siamjax.errors import UserError
 from siamjax.input_pipeline import Data
@@ -87,14 +88,14 @@ def run_evaluation(
     config.eval.dataset; writes `eval_dir(...)` and returns the metrics dict."""
     if split not in ("validation", "test"):
         raise UserError(f"--split={split!r}; use 'validation' or 'test'.")
-    if config.eval.fusion not in metrics.FUSE_METHODS:
+    if config.eval.fusion not in scoring.FUSE_METHODS:
         raise UserError(
-            f"config.eval.fusion={config.eval.fusion!r}; use one of {metrics.FUSE_METHODS}."
+            f"config.eval.fusion={config.eval.fusion!r}; use one of {scoring.FUSE_METHODS}."
         )
     workdir = os.path.abspath(workdir)
     target_config = eval_dataset_config(config)
     mesh = parallel.make_mesh()
-    model, variables, step, meta = inference.restore(config, workdir, step, mesh)
+    model, variables, step, meta = workdir_lib.restore(config, workdir, step, mesh)
     data = Data(target_config)
     if split not in data.eval_pairs:
         raise UserError(
@@ -130,14 +131,14 @@ def run_evaluation(
         # Moving each writer's threshold by (m_w - m) is moving its scores by (m - m_w) under one
         # threshold; the moved scores stay probabilities (clipped) so every metric applies.
         center = float(np.mean(val_offsets))
-        val_scores = _shifted(val_scores, center - val_offsets)
+        val_scores = scoring.shifted(val_scores, center - val_offsets)
     if threshold is None or per_writer:
         threshold = metrics.operating_threshold(val_scores, val_trials.kind)
     prior = meta.get("prior_positive")
     prior = float(prior if prior is not None else training_data().prior_positive)
     trials, scores, offsets = scored(data, split)
     if per_writer:
-        scores = _shifted(scores, center - offsets)
+        scores = scoring.shifted(scores, center - offsets)
     claimed = data.catalog.writer[trials.references[:, 0]]
     results = metrics.compute_metrics(scores, trials.kind, claimed, float(threshold), prior)
     results.update(swap_effect(scorer, variables, data.catalog.images, trials, float(threshold)))
@@ -170,16 +171,12 @@ def swap_effect(
         np.concatenate([trials.label, trials.label]).astype(np.int32),
         np.concatenate([trials.kind, trials.kind]).astype(np.int32),
     )
-    p = inference.probabilities(scorer.logits(variables, images, both))
+    p = scoring.probabilities(scorer.logits(variables, images, both))
     forward, swapped = p[: len(trials)], p[len(trials) :]
     return {
         "swap_mean_change": float(np.mean(np.abs(forward - swapped))),
         "swap_flip_rate": float(np.mean((forward >= threshold) != (swapped >= threshold))),
     }
-
-
-def _shifted(scores: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    return np.clip(scores + delta, 1e-6, 1.0 - 1e-6)
 
 
 def write_outputs(
@@ -195,7 +192,7 @@ def write_outputs(
     """metrics.json, scores.csv and the figures (ROC, DET, histograms, worst pairs)."""
     os.makedirs(out_dir, exist_ok=True)
     cat = data.catalog
-    llrs = metrics.llr(scores, prior)
+    llrs = scoring.llr(scores, prior)
     doc = {
         "metrics": metrics.jsonable(results),
         "checkpoint_step": int(step),

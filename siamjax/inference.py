@@ -1,139 +1,31 @@
-"""The inference core: restore a trained model read-only, embed images once, score pairs over the
-cached embeddings, fuse the scores of K references. Training's validation, `eval.py` (through
-`eval_lib`) and `siamjax-verify` all score through here, so a score means the same everywhere.
+"""The inference core: embed images once, score pairs over the cached embeddings, fuse the scores of
+K references. Training's validation, `eval.py` (through `siamjax.evaluation`) and `siamjax-verify`
+all score through here, so a score means the same everywhere.
 
 Each image's embedding is computed once and pairs are scored by the head over the cached
 embeddings, gathered a batch at a time, so time and memory grow with images, not pairs. Batches
 are padded to one fixed shape with a mask, so inference compiles once whatever the number of
 images or pairs.
 
-Not for: training (nothing here imports `siamjax.train_lib`), data pipelines (nothing here imports
-TensorFlow, so `siamjax-verify` starts without it), or metric definitions (`siamjax.metrics`).
+Not for: restoring a workdir's model (`siamjax.workdir`), training (nothing here imports
+`siamjax.train_lib` or builds an optimiser), data pipelines (nothing here imports TensorFlow, so
+`siamjax-verify` starts without it), score maths (`siamjax.scoring`) or metric definitions
+(`siamjax.metrics`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
-import scipy.special
 from jax.experimental import multihost_utils
 
-from siamjax import checkpointing, metrics, models, parallel
 from siamjax import pairs as pairs_lib
+from siamjax import parallel, scoring
 from siamjax.errors import UserError
 from siamjax.models import SiameseNet
-from siamjax.train_state import create_train_state
-
-# Config keys that define the network and its input: a checkpoint is only valid under the same.
-MODEL_KEYS = ("model", "image_height", "image_width")
-COMPUTE_ONLY_MODEL_KEYS = ("conv_impl",)
-# Model keys added after runs were made: at these values they leave the fingerprint unchanged, so
-# workdirs written before the key existed still restore.
-LATER_MODEL_KEY_DEFAULTS = {"norm": "batch", "pool": "flatten"}
-
-
-# ---- The workdir: model fingerprint, checkpoint ----------------------------------------------
-
-
-def model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The config keys that make a checkpoint fit a model (stored with every checkpoint)."""
-    d = json.loads(config.to_json_best_effort())
-    out = {k: d[k] for k in MODEL_KEYS}
-    # How convolutions are computed does not change the model (siamjax.conv).
-    out["model"] = {
-        k: v
-        for k, v in out["model"].items()
-        if k not in COMPUTE_ONLY_MODEL_KEYS
-        and not (k in LATER_MODEL_KEY_DEFAULTS and v == LATER_MODEL_KEY_DEFAULTS[k])
-    }
-    # The ink mode changes what the model sees; 'raw' (and runs from before the key) add nothing,
-    # so the fingerprints of older workdirs are unchanged.
-    ink = (d.get("real") or {}).get("ink", "raw")
-    if ink != "raw":
-        out["ink"] = ink
-    return out
-
-
-def check_model_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Raises if `workdir` holds a run of another model than `config.model` (or of unknown one)."""
-    path = os.path.join(workdir, "config.json")
-    mine = model_fingerprint(config)
-    if os.path.exists(path):
-        with open(path) as f:
-            theirs = model_fingerprint(ml_collections.ConfigDict(json.load(f)))
-        diffs = [
-            f"{k}: {theirs.get(k, 'raw')} there, {mine.get(k, 'raw')} now"
-            for k in sorted(theirs.keys() | mine.keys())
-            if theirs.get(k) != mine.get(k)
-        ]
-        if diffs:
-            raise UserError(
-                f"workdir {workdir} holds a checkpoint of a different model ("
-                + "; ".join(diffs)
-                + "): use another --workdir."
-            )
-    elif os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
-        os.path.join(workdir, "checkpoints")
-    ):
-        raise UserError(
-            f"workdir {workdir} holds checkpoints but no config.json: cannot tell "
-            "which model they are of; use another --workdir."
-        )
-
-
-class Restored(NamedTuple):
-    """A checkpoint ready for inference, with the calibration saved beside it."""
-
-    model: SiameseNet
-    variables: Any  # {"params", "batch_stats"}, replicated on the mesh.
-    step: int
-    meta: dict[str, Any]  # As train_lib saved it: val_threshold, prior_positive, val_metrics, ...
-
-    @property
-    def threshold(self) -> float | None:
-        """The threshold chosen on the validation split at this step; None if not validated."""
-        t = self.meta.get("val_threshold")
-        return None if t is None else float(t)
-
-    @property
-    def prior_positive(self) -> float | None:
-        """The share of genuine pairs the model was trained on (for log-likelihood ratios)."""
-        p = self.meta.get("prior_positive")
-        return None if p is None else float(p)
-
-
-def restore(
-    config: ml_collections.ConfigDict, workdir: str, step: int | None, mesh: jax.sharding.Mesh
-) -> Restored:
-    """The best checkpoint by validation EER (else the newest good one, or `step`) of `workdir`,
-    read-only, replicated on `mesh`. Another model's workdir, or one without checkpoints, is a
-    UserError."""
-    check_model_matches(config, workdir)
-    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-    try:
-        if step is None and ckpt.latest_step() is None:
-            raise UserError(f"{ckpt.directory} holds no checkpoint.")
-        model = models.create_model(config.model)
-        # The whole train state's shapes (optimiser state included): it is what was saved.
-        abstract = checkpointing.abstract_with_sharding(
-            jax.eval_shape(lambda r: create_train_state(config, model, r), jax.random.key(0)),
-            parallel.replicated(mesh),
-        )
-        if step is None:  # A damaged best checkpoint gives way to the newest good one (warned).
-            step, state, meta = ckpt.restore_latest_good(abstract, prefer=ckpt.best_step())
-        else:  # An explicit step is that step or an error.
-            state, meta = ckpt.restore(step, abstract)
-    finally:
-        ckpt.close()
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return Restored(model, variables, int(step), meta)
-
 
 # ---- Embedding and scoring ---------------------------------------------------------------------
 
@@ -219,15 +111,6 @@ class Scorer:
         )
 
 
-def probabilities(logits: np.ndarray) -> np.ndarray:
-    """The head's logits -> probabilities that pairs are genuine, [n] float64.
-
-    The sigmoid is taken in float32, the head's precision, by every caller alike, so that a score
-    is bit for bit the one its threshold was chosen on.
-    """
-    return np.asarray(scipy.special.expit(np.asarray(logits, np.float32)), np.float64)
-
-
 # ---- K references ------------------------------------------------------------------------------
 
 
@@ -241,8 +124,8 @@ def trial_scores(
     """Score in (0, 1) of each trial: its K reference scores fused by `fusion`. [n] float64."""
     k = trials.references.shape[1]
     logits = scorer.logits(variables, images, trials.as_pairs())
-    scores = probabilities(logits).reshape(len(trials), k)
-    return metrics.fuse_scores(scores, fusion) if k > 1 else scores[:, 0]
+    scores = scoring.probabilities(logits).reshape(len(trials), k)
+    return scoring.fuse_scores(scores, fusion) if k > 1 else scores[:, 0]
 
 
 def enrollment_means(
@@ -265,5 +148,5 @@ def enrollment_means(
         np.ones_like(a, np.int32),
         np.zeros_like(a, np.int32),
     )
-    scores = probabilities(scorer.logits(variables, images, pairs)).reshape(len(sets), -1)
+    scores = scoring.probabilities(scorer.logits(variables, images, pairs)).reshape(len(sets), -1)
     return scores.mean(axis=1)[np.reshape(inverse, -1)]

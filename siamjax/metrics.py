@@ -3,7 +3,8 @@ number has one definition.
 
 For: turning scores of (reference, questioned) pairs into FRR, FAR, EER, AUC, Cllr and friends, for
 training-time validation, `eval.py`, benchmarks and notebooks alike, and writing them as JSON. Not
-for: computing scores (`siamjax.inference`), choosing pairs (`siamjax.pairs`, which owns
+for: computing scores (`siamjax.inference`), fusing them or reading them as llrs
+(`siamjax.scoring`, which this module imports), choosing pairs (`siamjax.pairs`, which owns
 the pair kinds) or drawing curves (`siamjax.plots`). No JAX or TensorFlow here, so the module
 imports in a blink and can be checked against scikit-learn.
 
@@ -33,32 +34,15 @@ import scipy.special
 # The kind of a pair, as int codes; `kind_codes` accepts their names too.
 from siamjax.pairs import GENUINE, KIND_NAMES, RANDOM, SKILLED
 
-# How the scores of one questioned signature against K references become one (`fuse_scores`).
-FUSE_METHODS: tuple[str, ...] = ("mean", "max", "min")
-
-# Scores are clipped to [LLR_EPS, 1 - LLR_EPS] before the logit: |logit| <= ~16.1 nats. float32
-# sigmoids saturate to exactly 1.0 beyond a logit of ~17, so little information is lost.
-LLR_EPS = 1e-7
+# Score maths has its owner, `siamjax.scoring`; its names are re-exported here for callers that
+# read metrics and llrs together (Cllr is a metric of llrs).
+from siamjax.scoring import FUSE_METHODS as FUSE_METHODS
+from siamjax.scoring import LLR_EPS as LLR_EPS
+from siamjax.scoring import as_scores as _scores
+from siamjax.scoring import fuse_scores as fuse_scores
+from siamjax.scoring import llr
 
 _NAN = float("nan")
-
-
-# ---- Input checks ------------------------------------------------------------------------------
-
-
-def _scores(x: Any, name: str, allow_inf: bool = False) -> np.ndarray:
-    """-> float64 [n]; raises on a wrong rank or non-finite values (see the module docstring)."""
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of scores, got shape {a.shape}.")
-    bad = np.isnan(a) if allow_inf else ~np.isfinite(a)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{name} holds {int(bad.sum())} {'NaN' if allow_inf else 'non-finite'} value(s), the "
-            f"first at index {first} ({a[first]}); a diverged model? Metrics need real scores."
-        )
-    return a
 
 
 # ---- ROC and error rates ----------------------------------------------------------------------
@@ -352,33 +336,6 @@ def eer_user(pos_scores: Any, neg_scores: Any, pos_writers: Any, neg_writers: An
 # ---- Calibration: log-likelihood ratios and Cllr -----------------------------------------------
 
 
-def llr(scores: Any, prior_positive: float, eps: float = LLR_EPS) -> np.ndarray:
-    """Natural-log likelihood ratio of each score, read as a posterior at the training prior.
-
-    A sigmoid trained with BCE on pairs that are genuine with probability `prior_positive` outputs
-    P(genuine | pair) at that prior, so by Bayes' rule
-      llr = ln p(pair | genuine) / p(pair | forgery) = logit(s) - logit(prior_positive).
-    Scores are clipped to [eps, 1 - eps] first so that saturated sigmoids give finite values.
-
-    Args:
-      scores: [n] probabilities in [0, 1].
-      prior_positive: share of genuine pairs the model was trained on (config.pairs.positive).
-      eps: clipping of the scores, see LLR_EPS.
-
-    Returns:
-      [n] float64 llr in nats.
-    """
-    s = _scores(scores, "scores")
-    if not 0.0 < prior_positive < 1.0:
-        raise ValueError(f"prior_positive={prior_positive} must lie strictly between 0 and 1.")
-    if s.size and (s.min() < 0.0 or s.max() > 1.0):
-        raise ValueError(
-            f"llr needs probabilities in [0, 1], got scores in [{s.min()}, {s.max()}]."
-        )
-    logit = scipy.special.logit
-    return logit(np.clip(s, eps, 1.0 - eps)) - float(logit(prior_positive))
-
-
 def cllr(pos_llr: Any, neg_llr: Any) -> float:
     """Brümmer's log-likelihood-ratio cost, in bits: how much the llrs cost a Bayes decision-maker.
 
@@ -519,41 +476,6 @@ def compute_metrics(
         "n_skilled": float(sk.size),
         "n_random": float(rnd.size),
     }
-
-
-def fuse_scores(scores_matrix: Any, method: str = "mean") -> np.ndarray:
-    """One score per questioned signature from its scores against K references of the claimed
-    writer.
-
-    'mean' averages the K probabilities (smooths one odd reference), 'max' accepts if any reference
-    matches well (lenient: raises FAR), 'min' needs all to match (strict: raises FRR). NaN entries
-    mean "no such reference" (pad rows of writers with fewer references) and are ignored.
-
-    Args:
-      scores_matrix: [n, K] scores, each row with at least one non-NaN entry.
-      method: one of FUSE_METHODS.
-
-    Returns:
-      [n] float64 fused scores.
-    """
-    m = np.asarray(scores_matrix, dtype=np.float64)
-    if m.ndim != 2:
-        raise ValueError(
-            f"fuse_scores needs a [n_questioned, n_references] matrix, got shape {m.shape}."
-        )
-    if method not in FUSE_METHODS:
-        raise ValueError(f"fuse_scores method={method!r} is unknown; use one of {FUSE_METHODS}.")
-    present = ~np.isnan(m)
-    if m.shape[1] == 0 or not present.any(axis=1).all():
-        empty = np.flatnonzero(~present.any(axis=1)) if m.shape[1] else np.arange(m.shape[0])
-        raise ValueError(
-            f"fuse_scores: row(s) {empty[:5].tolist()} have no reference score (all NaN or K=0)."
-        )
-    if method == "mean":
-        return np.nanmean(m, axis=1)
-    if method == "max":
-        return np.nanmax(m, axis=1)
-    return np.nanmin(m, axis=1)
 
 
 def jsonable(d: Any) -> Any:

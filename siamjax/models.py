@@ -337,3 +337,17 @@ def create_model(model_config: ml_collections.ConfigDict) -> SiameseNet:
         init=model_config.init,
     )
     return SiameseNet(encoder=encoder, head=head)
+
+
+def init_variables(model: SiameseNet, rng: jax.Array, input_shape: Sequence[int]) -> dict[str, Any]:
+    """Fresh {"params", "batch_stats"} of `model` for images of `input_shape` (H, W, 1): the one
+    initialisation behind a train state and behind the shapes inference restores into."""
+    dummy = jnp.zeros((2, *input_shape), jnp.uint8)
+    variables = dict(model.init({"params": rng}, dummy, dummy, train=False))
+    variables.setdefault("batch_stats", {})
+    return variables
+
+
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """(H, W, 1): the images a model of `config` reads (config.image_height x image_width)."""
+    return int(config.image_height), int(config.image_width), 1

@@ -26,7 +26,8 @@ from clu import metric_writers, periodic_actions
 from clu import metrics as clu_metrics
 
 from siamjax import augment as augment_lib
-from siamjax import checkpointing, faults, inference, losses, metrics, models, parallel
+from siamjax import checkpointing, faults, inference, losses, metrics, models, parallel, scoring
+from siamjax import workdir as workdir_lib
 from siamjax.errors import NonFiniteError, Preempted, UserError
 from siamjax.input_pipeline import INDEX_KEYS, Data, TrainData
 from siamjax.train_state import TrainState, create_train_state
@@ -198,7 +199,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise UserError(f"workdir {workdir} cannot be written: {e.strerror or e}.") from e
-    inference.check_model_matches(config, workdir)
+    workdir_lib.check_model_matches(config, workdir)
     path = os.path.join(workdir, "config.json")
     if jax.process_index() == 0:
         # Written aside and renamed: another process (or eval.py) never reads half a file.
@@ -222,7 +223,7 @@ def _validate(scorer: inference.Scorer, state: TrainState, data: Data) -> dict[s
     checkpoint for eval.py and siamjax-verify)."""
     pairs = data.eval_pairs["validation"]
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    scores = inference.probabilities(scorer.logits(variables, data.catalog.images, pairs))
+    scores = scoring.probabilities(scorer.logits(variables, data.catalog.images, pairs))
     return metrics.compute_metrics(
         scores,
         pairs.kind,
@@ -399,7 +400,7 @@ def _train_and_evaluate(
                 "val_threshold": val.get("threshold") if evaluated else None,
                 "prior_positive": data.prior_positive,
                 "val_metrics": val if evaluated else None,
-                "model": inference.model_fingerprint(config),
+                "model": workdir_lib.model_fingerprint(config),
                 "skipped_nonfinite_steps": guard.skipped,
             }
             with _timed(spent, "checkpoint_s", report):

@@ -1,8 +1,9 @@
 """The train state: what a checkpoint holds, and the optimiser whose state is part of it.
 
-Shared by the trainer, which creates and updates it (`siamjax.train_lib`), and by inference, which
-restores a checkpoint into its shapes (`siamjax.inference`) without importing the trainer. Not for:
-the train step or the loop.
+The trainer's (`siamjax.train_lib`): it creates, updates, saves and resumes it. Inference never
+builds one: it restores the parameters and BatchNorm statistics alone (`siamjax.workdir`), into
+the shapes of `siamjax.models.init_variables`, which this state is made from too. Not for: the
+train step or the loop.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 from flax.training import train_state
 
+from siamjax import models
 from siamjax.errors import UserError
 
 
@@ -74,12 +75,11 @@ def create_train_state(
     init_rng, seed_rng = jax.random.split(rng)
     # The training RNG is threefry whatever `rng` is: its bits do not depend on sharding.
     state_rng = jax.random.key(jax.random.randint(seed_rng, (), 0, 2**31 - 1))
-    dummy = jnp.zeros((2, config.image_height, config.image_width, 1), jnp.uint8)
-    variables = model.init({"params": init_rng}, dummy, dummy, train=False)
+    variables = models.init_variables(model, init_rng, models.input_shape(config))
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
+        batch_stats=variables["batch_stats"],
         tx=make_optimizer(config, num_steps),
         rng=jax.random.key_data(state_rng),
     )

@@ -26,7 +26,8 @@ def run(workdir: str, tfds_dir: str, steps: int) -> dict[str, np.ndarray]:
     from clu import metric_writers
 
     from configs import synthetic
-    from siamjax import inference, parallel, train_lib
+    from siamjax import parallel, train_lib
+    from siamjax import workdir as workdir_lib
 
     cfg = synthetic.get_config("tiny")
     cfg.tfds_data_dir = tfds_dir
@@ -58,7 +59,7 @@ def run(workdir: str, tfds_dir: str, steps: int) -> dict[str, np.ndarray]:
     finally:
         metric_writers.create_default_writer = create
     mesh = parallel.make_mesh()
-    _, variables, step, _ = inference.restore(cfg, workdir, steps, mesh)
+    _, variables, step, _ = workdir_lib.restore(cfg, workdir, steps, mesh)
     assert step == steps and sorted(losses) == list(range(1, steps + 1)), (step, losses)
     out = {"loss": np.array([losses[s] for s in sorted(losses)], np.float64)}
     for k in ("eer", "auc", "threshold"):

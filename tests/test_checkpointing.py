@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from siamjax import checkpointing, eval_lib, inference, parallel, train_lib, train_state
+from siamjax import checkpointing, eval_lib, parallel, train_lib, train_state
+from siamjax import workdir as workdir_lib
 from siamjax.errors import EXIT_PREEMPTED, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,7 +135,7 @@ def test_training_resumes_from_the_newest_good_checkpoint_exactly(trained, tiny_
 
 
 def _restore(cfg, wd, step):
-    _, variables, got, _ = inference.restore(cfg, wd, step, parallel.make_mesh())
+    _, variables, got, _ = workdir_lib.restore(cfg, wd, step, parallel.make_mesh())
     assert got == step
     return jax.device_get(variables)
 
@@ -146,10 +147,10 @@ def test_eval_falls_back_when_the_best_checkpoint_is_damaged(trained, tiny_confi
     best = ckpt.best_step()
     ckpt.close()
     _truncate(os.path.join(wd, "checkpoints", str(best)))
-    _, _, step, _ = inference.restore(cfg, wd, None, parallel.make_mesh())
+    _, _, step, _ = workdir_lib.restore(cfg, wd, None, parallel.make_mesh())
     assert step == 12 != best
     with pytest.raises(UserError):  # An explicit step is that step or an error.
-        inference.restore(cfg, wd, best, parallel.make_mesh())
+        workdir_lib.restore(cfg, wd, best, parallel.make_mesh())
 
 
 def test_no_good_checkpoint_is_one_user_error_naming_each(trained, tiny_config, tmp_path):

@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from siamjax import inference, parallel
+from siamjax import parallel
+from siamjax import workdir as workdir_lib
 from siamjax.errors import EXIT_PREEMPTED
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +38,7 @@ TMP_MARK = "orbax-checkpoint-tmp"  # orbax's name for a step directory being wri
 
 
 def _variables(cfg, wd):
-    _, variables, step, _ = inference.restore(cfg, wd, STEPS, parallel.make_mesh())
+    _, variables, step, _ = workdir_lib.restore(cfg, wd, STEPS, parallel.make_mesh())
     assert step == STEPS
     return jax.device_get(variables)
 

@@ -9,6 +9,7 @@ import pytest
 
 from configs import synthetic
 from siamjax import eval_lib, inference, models, pairs, parallel
+from siamjax import workdir as workdir_lib
 from siamjax.input_pipeline import Data
 
 
@@ -39,7 +40,7 @@ def test_k_references_with_per_writer_thresholds(trained):
 def test_enrollment_means_equal_the_model_on_reference_pairs(trained):
     cfg, workdir = trained
     mesh = parallel.make_mesh()
-    model, variables, _, _ = inference.restore(cfg, workdir, None, mesh)
+    model, variables, _, _ = workdir_lib.restore(cfg, workdir, None, mesh)
     data = Data(cfg)
     trials = pairs.reference_trials(
         data.catalog.writer, data.catalog.is_genuine, data.indices["test"], 2, seed=0
@@ -64,12 +65,12 @@ def test_cross_dataset_uses_the_training_threshold_and_its_own_folder(trained):
     out = f"{workdir}/eval/synthetic_test"
     doc = json.load(open(f"{out}/metrics.json"))
     assert doc["dataset"] == "synthetic" and doc["metrics"]["eer"] == pytest.approx(metrics["eer"])
-    _, _, _, meta = inference.restore(cfg, workdir, None, parallel.make_mesh())
+    _, _, _, meta = workdir_lib.restore(cfg, workdir, None, parallel.make_mesh())
     assert metrics["threshold"] == pytest.approx(meta["val_threshold"])
     target = Data(eval_lib.eval_dataset_config(cfg))
     assert not set(target.catalog.sha256) & set(source.catalog.sha256)
     # The scores are the model's on the other dataset's images.
-    model, variables, _, _ = inference.restore(cfg, workdir, None, parallel.make_mesh())
+    model, variables, _, _ = workdir_lib.restore(cfg, workdir, None, parallel.make_mesh())
     p = target.eval_pairs["test"]
     img = target.catalog.images
     row = next(csv.DictReader(open(f"{out}/scores.csv")))

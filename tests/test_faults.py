@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from siamjax import checkpointing, faults, inference, parallel, train_lib, train_state
+from siamjax import checkpointing, faults, parallel, train_lib, train_state
+from siamjax import workdir as workdir_lib
 from siamjax.errors import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteError, Preempted
 
 BAD_FROM = 6  # The step whose update first goes to infinity.
@@ -32,7 +33,7 @@ def inf_learning_rate_from_step_6(monkeypatch):
 
 
 def _params(cfg, wd, step):
-    _, variables, got, _ = inference.restore(cfg, wd, step, parallel.make_mesh())
+    _, variables, got, _ = workdir_lib.restore(cfg, wd, step, parallel.make_mesh())
     assert got == step
     return jax.device_get(variables["params"])
 

@@ -20,9 +20,10 @@ def _params(workdir, step):
 
 
 def _final_state(cfg, workdir):
-    from siamjax import inference, parallel
+    from siamjax import parallel
+    from siamjax import workdir as workdir_lib
 
-    _, variables, step, _ = inference.restore(
+    _, variables, step, _ = workdir_lib.restore(
         cfg, str(workdir), cfg.num_train_steps, parallel.make_mesh()
     )
     return jax.device_get(variables), step

@@ -135,14 +135,15 @@ def test_cli_single_pair_json(workdir, files):
 
 
 def test_cli_never_imports_tensorflow(workdir, files):
-    """A decision needs no data pipeline: TensorFlow (seconds of start-up) is never loaded."""
+    """A decision needs no data pipeline: TensorFlow (seconds of start-up) is never loaded; nor
+    the train state (an optimiser) nor the metrics."""
     argv = ["--workdir", workdir, "--reference", files["a0"], "--questioned", files["a1"], "--json"]
     code = (
         "import sys\n"
         "from siamjax.verify import cli\n"
         f"rc = cli.main({argv!r})\n"
         "banned = ('tensorflow', 'tensorflow_datasets', 'siamjax.train_lib', "
-        "'siamjax.input_pipeline')\n"
+        "'siamjax.input_pipeline', 'siamjax.train_state', 'siamjax.metrics')\n"
         "loaded = sorted(m for m in sys.modules "
         "if any(m == b or m.startswith(b + '.') for b in banned))\n"
         "print('LOADED', loaded)\n"
@@ -163,11 +164,12 @@ def test_scores_equal_the_full_model_on_the_preprocessed_pair(workdir, verifier,
     goes first, as in training."""
     import jax
 
-    from siamjax import inference, parallel
+    from siamjax import parallel
+    from siamjax import workdir as workdir_lib
     from siamjax.preprocess import preprocess_file
 
     cfg = verify.load_config(workdir)
-    model, variables, _, _ = inference.restore(
+    model, variables, _, _ = workdir_lib.restore(
         cfg, workdir, None, parallel.make_mesh(jax.devices()[:1])
     )
     a, b = (

@@ -10,57 +10,24 @@ files. JAX and the model are loaded on first use, so a bad file is reported at o
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from siamjax import metrics
+from siamjax import scoring
 from siamjax.errors import UserError, one_line
 from siamjax.verify.records import FORGED, GENUINE, Decision, Failure, Pair, display_path
+from siamjax.workdir import ink_of, load_config
 
-FUSIONS = metrics.FUSE_METHODS
+FUSIONS = scoring.FUSE_METHODS
 # Images per jitted embedding call (rounded up to a multiple of the devices). Small, because a
 # typical call has a handful of files; a CSV of thousands still runs at a useful batch size.
 DEFAULT_BATCH_SIZE = 32
 # Pairs of a CSV handled together: their new files are read, embedded and scored, then printed.
 # Bounds memory (images live only while their chunk is processed; embeddings are cached).
 PAIRS_PER_CHUNK = 512
-
-
-def load_config(workdir: str | os.PathLike) -> Any:
-    """The ConfigDict a workdir was trained with, from the config.json that train.py writes."""
-    import ml_collections
-
-    workdir = os.fspath(workdir)
-    if not os.path.isdir(workdir):
-        what = "is not a directory" if os.path.exists(workdir) else "does not exist"
-        raise UserError(f"--workdir {workdir} {what}: pass the workdir of a training run.")
-    path = os.path.join(workdir, "config.json")
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise UserError(
-            f"{path} not found: --workdir must be the workdir of a training run "
-            "(train.py writes config.json there)."
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot read the training config ({one_line(e)}).") from e
-    if not isinstance(doc, dict) or not {"image_height", "image_width", "model"} <= doc.keys():
-        raise UserError(
-            f"{path} is not a siamjax training config (no image_height, image_width "
-            "and model keys)."
-        )
-    return ml_collections.ConfigDict(doc)
-
-
-def ink_of(config: Any) -> str:
-    """The ink mode a run was trained with (`config.real.ink`); runs from before the key: 'raw'."""
-    real = config.get("real") or {}
-    return str(real.get("ink", "raw"))
 
 
 class Verifier:
@@ -104,10 +71,11 @@ class Verifier:
         import jax
 
         from siamjax import inference, parallel
+        from siamjax import workdir as workdir_lib
 
         mesh = parallel.make_mesh(jax.local_devices())  # A verifier is one process.
         n = mesh.devices.size
-        restored = inference.restore(self.config, self.workdir, self._requested_step, mesh)
+        restored = workdir_lib.restore(self.config, self.workdir, self._requested_step, mesh)
         threshold, self.threshold_source = self._threshold_override, "--threshold"
         if threshold is None:
             threshold, self.threshold_source = restored.threshold, "calibrated on validation"
@@ -198,8 +166,6 @@ class Verifier:
             yield from self._verify_chunk(chunk)
 
     def _verify_chunk(self, pairs: list[Pair]) -> list[Decision | Failure]:
-        from siamjax import inference
-
         self._embed_files(p for pair in pairs for p in (*pair.references, pair.questioned) if p)
         results: list[Decision | Failure | None] = []
         rows_ref, rows_q = [], []  # Keys of every (reference, questioned) to score.
@@ -219,7 +185,7 @@ class Verifier:
             e_ref = np.stack([self._embeddings[k] for k in rows_ref])
             e_q = np.stack([self._embeddings[k] for k in rows_q])
             logits = self._scorer.score_embeddings(self._variables, e_ref, e_q)
-            scores = inference.probabilities(logits)  # As validation's: the threshold's scale.
+            scores = scoring.probabilities(logits)  # As validation's: the threshold's scale.
         start = 0
         for i, pair in enumerate(pairs):
             if results[i] is not None:
@@ -227,8 +193,8 @@ class Verifier:
             k = len(pair.references)
             per_ref = scores[start : start + k]
             start += k
-            fused = float(metrics.fuse_scores(per_ref[None, :], self.fusion)[0])
-            llr = float(metrics.llr(np.array([fused]), self.prior_positive)[0])
+            fused = float(scoring.fuse_scores(per_ref[None, :], self.fusion)[0])
+            llr = float(scoring.llr(np.array([fused]), self.prior_positive)[0])
             results[i] = Decision(
                 id=pair.id,
                 questioned=display_path(pair.questioned),
