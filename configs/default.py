@@ -37,6 +37,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.real = ml_collections.ConfigDict()
     # Skip unreadable / unmatched files and write a report instead of stopping the build.
     c.real.skip_bad_files = False
+    # What the ink pixels keep (siamjax.preprocess.INK_MODES): 'raw' (their darkness, the scan's
+    # grey levels), 'normalized' (their rank within the image, mapped onto one fixed distribution)
+    # or 'binary' (ink or not). Part of the prepared dataset's identity and of the model's input:
+    # eval.py, siamjax-verify and the export use the training run's value.
+    c.real.ink = "raw"
     # signature_folder: a root (relative to data_dir or absolute) and a regular expression on the
     # relative path with named groups `writer`, `kind` (and optionally `forger`).
     c.real.folder_root = ""
@@ -83,6 +88,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.small_width = 16  # First-layer channels of the "small" and "vgg" encoders.
     c.model.vgg_stem = 1  # 'vgg': > 1 makes the first layer a stem x stem, stride-stem patchify.
     c.model.bn_momentum = 0.9  # BatchNorm running-average momentum.
+    # 'small' and 'vgg': normalisation of the conv blocks, 'batch' (BatchNorm) or 'group'
+    # (GroupNorm, per image: no batch statistics); and how the last feature map becomes a vector,
+    # 'flatten' (keeps positions; a large dense layer) or 'gap' (global average pooling).
+    c.model.norm = "batch"
+    c.model.pool = "flatten"
     # How convolutions are computed (not part of the model: checkpoints move freely between them):
     # 'xla' (XLA's own), 'matmul_dw' (weight gradients as matmuls over input windows, see
     # siamjax/conv.py) or 'auto': XLA's, except on a CPU without siamjax/xla_flags.py's XNNPACK
@@ -138,6 +148,18 @@ def get_config() -> ml_collections.ConfigDict:
     # Genuine references per questioned signature (1: the fixed pairs; 5 or 12 as in SigComp2011).
     c.eval.references = 1
     c.eval.fusion = "mean"  # How K reference scores become one: 'mean', 'max' or 'min'.
+    # Writers of the split with fewer than K + 1 genuine signatures cannot be enrolled with K
+    # references: eval.py refuses (one line, exit 2) unless this is True, when it evaluates the
+    # other writers and metrics.json lists the ones left out.
+    c.eval.allow_fewer_writers = False
+    # Enrolment with K references (siamjax/enrollment.py): 'none' (the fused pair scores),
+    # 'znorm' (standardised by the references' scores against each other; K >= 2) or 'svm' (a
+    # writer-dependent SVM on the embeddings against the training writers' genuine signatures).
+    c.eval.enrollment = "none"
+    # What scores the trials: 'model' (the trained network), or the untrained ink-darkness controls
+    # of siamjax/ink_baseline.py, 'ink' (the questioned scan's darkness) and 'ink_pair' (its
+    # difference from the references'); those need no checkpoint.
+    c.eval.scorer = "model"
     # Per-writer thresholds (needs references >= 2): each writer's threshold moves with how its
     # references score against each other (enrolment only): t_w = t + (m_w - mean over the
     # validation writers of m_w), with t chosen on validation.

@@ -41,7 +41,9 @@ METRICS = (
     "oracle_accuracy",
 )
 STATS = (*METRICS, "wall_seconds")
-ROW_FIELDS = ("dataset", "protocol", "config", "references", "hardware")
+ROW_FIELDS = ("dataset", "protocol", "config", "references", "ink", "enrollment", "hardware")
+# What runs recorded before a field existed stand for.
+ROW_DEFAULTS = {"ink": "raw", "enrollment": "none"}
 # (header, key, format) of the README table's metric columns.
 PERCENT, PLAIN = "percent", "plain"
 COLUMNS = (
@@ -114,7 +116,7 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
 
 def _field(runs: list[dict], key: str):
     """A row's metadata: the runs' common value, or their distinct values joined."""
-    values = sorted({json.dumps(r["info"].get(key)) for r in runs})
+    values = sorted({json.dumps(r["info"].get(key, ROW_DEFAULTS.get(key))) for r in runs})
     decoded = [json.loads(v) for v in values]
     return decoded[0] if len(decoded) == 1 else "; ".join(str(v) for v in decoded)
 
@@ -168,6 +170,8 @@ def markdown(table: list[dict]) -> str:
         "protocol",
         "config",
         "K",
+        "ink",
+        "enrolment",
         "runs",
         *(c[0] for c in COLUMNS),
         "train wall time",
@@ -181,6 +185,8 @@ def markdown(table: list[dict]) -> str:
             e["protocol"],
             f"`{e['config']}`",
             e["references"],
+            e["ink"],
+            e["enrollment"],
             e["runs"],
         ]
         cells += [_stat(e[f"{key}_mean"], e[f"{key}_std"], how) for _, key, how in COLUMNS]

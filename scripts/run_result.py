@@ -140,6 +140,8 @@ def protocol_of(config: dict) -> str:
         base = "kaggle_csv (leaking)"
     else:
         base = method
+    if config.get("eval", {}).get("allow_fewer_writers"):
+        base += ", writers with fewer than K + 1 genuine left out"
     if config.get("eval", {}).get("dataset"):
         return f"cross-dataset (trained on {config['dataset']}; {base})"
     return base
@@ -223,9 +225,18 @@ def main(argv: list[str]) -> int:
     abs_workdir = os.path.join(ROOT, workdir)
     summary_path = os.path.join(abs_workdir, SUMMARY_FILE)
 
-    trained = not os.path.exists(summary_path)
+    # The ink-darkness controls (--config.eval.scorer=ink|ink_pair) have nothing to train.
+    scorer = next(
+        (a.split("=", 1)[1] for a in [*args, *eval_args] if a.startswith("--config.eval.scorer=")),
+        "model",
+    )
+    untrained = scorer != "model"
+    trained = not untrained and not os.path.exists(summary_path)
     measured = run(train_cmd) if trained else None
-    if not trained:
+    if untrained:
+        train_cmd = []
+        os.makedirs(abs_workdir, exist_ok=True)
+    elif not trained:
         print(f"{summary_path} exists: training finished earlier; evaluating only.", flush=True)
     before = metrics_files(abs_workdir)
     run(eval_cmd)
@@ -233,8 +244,10 @@ def main(argv: list[str]) -> int:
 
     with open(metrics_path) as f:
         doc = json.load(f)
-    with open(summary_path) as f:
-        summary = json.load(f)
+    summary = {}
+    if not untrained:
+        with open(summary_path) as f:
+            summary = json.load(f)
     config = doc["config"]
     hw, hw_detail = hardware()
     commit, dirty = git_commit()
@@ -246,7 +259,7 @@ def main(argv: list[str]) -> int:
         "run": opts.run,
         "command": {
             "run_result": shlex.join(["python", "scripts/run_result.py", *argv]),
-            "train": shlex.join(train_cmd),
+            "train": shlex.join(train_cmd) if train_cmd else None,
             "eval": shlex.join(eval_cmd),
         },
         "commit": commit,
@@ -269,6 +282,10 @@ def main(argv: list[str]) -> int:
         "protocol": opts.protocol or protocol_of(config),
         "config": config_arg(args),
         "references": doc.get("references", config["eval"]["references"]),
+        "ink": config.get("real", {}).get("ink", "raw"),
+        "enrollment": doc.get("enrollment", config["eval"].get("enrollment", "none")),
+        "scorer": scorer,
+        "writers_left_out": doc.get("writers_left_out", []),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if opts.order is not None:

@@ -28,7 +28,7 @@ class Data:
 
     With `config.split.method == 'kaggle_csv'` (SigComp2011 only) the splits and pairs are
     Kaggle's own lists instead (`siamjax.datasets.sigcomp2011.kaggle`). Building it only computes;
-    `save` writes the evaluation pairs and splits into a workdir.
+    `save` writes the evaluation pairs and splits into a workdir; `trials` gives a split's trials.
     """
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -66,16 +66,35 @@ class Data:
     def _init_writer_disjoint(self, config: ml_collections.ConfigDict) -> None:
         self.catalog: Catalog = registry.load_catalog(config)
         cat = self.catalog
-        self.splits = pairs_lib.split_writers(cat.writer, config.split, config.seed)
+        # Several datasets: each is split by config.split on its own writers, and its evaluation
+        # pairs are drawn among its own images, exactly as when it is trained on alone, so that
+        # `--config.eval.dataset=<one of them>` evaluates the same writers and pairs.
+        names = registry.dataset_names(config)
+        owner = registry.dataset_of(cat.writer) if len(names) > 1 else np.full(len(cat), "")
+        per_part = [
+            pairs_lib.split_writers(cat.writer[owner == part], config.split, config.seed)
+            for part in np.unique(owner)
+        ]
+        self.splits = per_part[0]
+        for more in per_part[1:]:
+            self.splits = {k: sorted(v + more[k]) for k, v in self.splits.items()}
         self.indices = pairs_lib.split_indices(cat.writer, self.splits)
         pairs_lib.check_disjoint(cat.writer, cat.sha256, self.indices)
-        self.eval_pairs = {
-            name: pairs_lib.eval_pairs(
-                cat.writer, cat.is_genuine, self.indices[name], config.pairs, config.seed
-            )
-            for name in ("validation", "test")
-            if len(self.indices[name])
-        }
+        self.eval_pairs = {}
+        for split in ("validation", "test"):
+            parts = [
+                pairs_lib.eval_pairs(
+                    cat.writer,
+                    cat.is_genuine,
+                    self.indices[split][owner[self.indices[split]] == part],
+                    config.pairs,
+                    config.seed,
+                )
+                for part in np.unique(owner)
+                if np.any(owner[self.indices[split]] == part)
+            ]
+            if parts:
+                self.eval_pairs[split] = pairs_lib.concatenate(parts)
 
     def save(self, workdir: str) -> None:
         """Writes `workdir/pairs/<split>.json` (the fixed evaluation pairs, with source paths) and
@@ -90,14 +109,16 @@ class Data:
         with open(os.path.join(folder, "splits.json"), "w") as f:
             json.dump(self.splits, f, indent=1)
 
-    def trials(self, split: str, references: int = 1, seed: int = 0) -> pairs_lib.Trials:
+    def trials(
+        self, split: str, references: int = 1, seed: int = 0, allow_fewer_writers: bool = False
+    ) -> pairs_lib.Trials:
         """The split's fixed pairs (references == 1) or, each writer's K references drawn by
-        `seed`, its K-reference trials."""
+        `seed`, its K-reference trials (`pairs.reference_trials`)."""
         if references == 1:
             return pairs_lib.pairs_as_trials(self.eval_pairs[split])
         cat = self.catalog
         return pairs_lib.reference_trials(
-            cat.writer, cat.is_genuine, self.indices[split], references, seed
+            cat.writer, cat.is_genuine, self.indices[split], references, seed, allow_fewer_writers
         )
 
 

@@ -79,7 +79,10 @@ def run_evaluation(
             scorer, restored.variables, d.catalog.images, config.eval.fusion
         )
         return evaluation.TrialSet(
-            d.trials(name, k, config.seed), d.catalog.writer, scores, scores.enrol
+            d.trials(name, k, config.seed, bool(config.eval.allow_fewer_writers)),
+            d.catalog.writer,
+            scores,
+            scores.enrol,
         )
 
     # The training dataset, for its validation split: built only when the threshold (or the

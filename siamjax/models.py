@@ -24,6 +24,9 @@ from siamjax import pool as pool_lib
 from siamjax.errors import UserError
 
 ENCODERS = ("signet", "small", "vgg")
+NORMS = ("batch", "group")  # Of the conv blocks of "small" and "vgg".
+POOLS = ("flatten", "gap")  # How "small" and "vgg" turn their last feature map into a vector.
+GROUPS = 8  # GroupNorm's groups (fewer where a layer has fewer channels).
 COMBINES = ("diff", "absdiff", "concat", "distance")
 
 # PyTorch's default Conv/Linear weight init, kaiming_uniform(a=sqrt(5)), is U(+-1/sqrt(fan_in)),
@@ -98,10 +101,16 @@ class SigNetEncoder(nn.Module):
 
 
 class _ConvBlockEncoder(nn.Module):
-    """What `SmallEncoder` and `VGGEncoder` share: their fields, a conv-BN-ReLU block (no conv
-    bias: BatchNorm removes it, and Adagrad would amplify its zero gradient's noise) and the
-    flatten -> dense -> embedding tail. The spatial layout is kept (no global pooling) because
-    where the strokes are matters for signatures."""
+    """What `SmallEncoder` and `VGGEncoder` share: their fields, a conv-norm-ReLU block (no conv
+    bias: the normalisation removes it, and Adagrad would amplify its zero gradient's noise) and
+    the tail: the last feature map to a vector, a dense layer and the embedding.
+
+    `pool='flatten'` keeps the spatial layout (where the strokes are) at the cost of a dense layer
+    of h*w*c inputs, most of the parameters; `pool='gap'` averages over positions, so the dense
+    layer is small and the embedding cannot memorise where a training writer's strokes sit.
+    `norm='group'` (GroupNorm) normalises each image alone: no batch statistics, so training and
+    evaluation compute the same function whatever the batch holds.
+    """
 
     width: int = 16
     embedding_dim: int = 64
@@ -109,6 +118,8 @@ class _ConvBlockEncoder(nn.Module):
     init: str = "torch"
     bn_momentum: float = 0.9
     conv_impl: str = "xla"  # See siamjax.conv: 'xla', 'matmul_dw' or 'auto'.
+    norm: str = "batch"  # NORMS
+    pool: str = "flatten"  # POOLS
 
     def _block(
         self,
@@ -132,19 +143,31 @@ class _ConvBlockEncoder(nn.Module):
             conv_general_dilated=conv_lib.for_backend(self.conv_impl),
             name=f"conv{i}",
         )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=1e-5,
-            dtype=self.dtype,
-            name=f"bn{i}",
-        )(x)
+        if self.norm == "group":
+            x = nn.GroupNorm(
+                num_groups=math.gcd(GROUPS, features), epsilon=1e-5, dtype=self.dtype, name=f"gn{i}"
+            )(x)
+        elif self.norm == "batch":
+            x = nn.BatchNorm(
+                use_running_average=not train,
+                momentum=self.bn_momentum,
+                epsilon=1e-5,
+                dtype=self.dtype,
+                name=f"bn{i}",
+            )(x)
+        else:
+            raise UserError(f"config.model.norm={self.norm!r}; use one of {NORMS}.")
         return nn.relu(x)
 
     def _tail(self, x: jax.Array, hidden: int) -> jax.Array:
         """[batch, h, w, c] -> fc0 (hidden, ReLU) -> embedding: [batch, embedding_dim] float32."""
         k_init = kernel_init(self.init)
-        x = x.reshape((x.shape[0], -1))
+        if self.pool == "gap":
+            x = x.astype(jnp.float32).mean(axis=(1, 2)).astype(self.dtype)
+        elif self.pool == "flatten":
+            x = x.reshape((x.shape[0], -1))
+        else:
+            raise UserError(f"config.model.pool={self.pool!r}; use one of {POOLS}.")
         x = nn.relu(nn.Dense(hidden, dtype=self.dtype, kernel_init=k_init, name="fc0")(x))
         x = nn.Dense(self.embedding_dim, dtype=self.dtype, kernel_init=k_init, name="embedding")(x)
         return x.astype(jnp.float32)
@@ -294,12 +317,17 @@ def create_model(model_config: ml_collections.ConfigDict) -> SiameseNet:
         bn_momentum=model_config.bn_momentum,
         conv_impl=model_config.conv_impl,
     )
+    blocks = dict(norm=model_config.get("norm", "batch"), pool=model_config.get("pool", "flatten"))
     if model_config.encoder == "signet":
+        if blocks != {"norm": "batch", "pool": "flatten"}:
+            raise UserError("config.model.norm and pool apply to the 'small' and 'vgg' encoders.")
         encoder = SigNetEncoder(**common)
     elif model_config.encoder == "vgg":
-        encoder = VGGEncoder(width=model_config.small_width, stem=model_config.vgg_stem, **common)
+        encoder = VGGEncoder(
+            width=model_config.small_width, stem=model_config.vgg_stem, **common, **blocks
+        )
     elif model_config.encoder == "small":
-        encoder = SmallEncoder(width=model_config.small_width, **common)
+        encoder = SmallEncoder(width=model_config.small_width, **common, **blocks)
     else:
         raise UserError(f"config.model.encoder={model_config.encoder!r}; use one of {ENCODERS}.")
     head = Head(

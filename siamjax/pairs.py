@@ -44,6 +44,15 @@ class Pairs:
         return Pairs(self.a[idx], self.b[idx], self.label[idx], self.kind[idx])
 
 
+def concatenate(parts: list[Pairs]) -> Pairs:
+    """One list of pairs of several (indices into the same catalog), in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return Pairs(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("a", "b", "label", "kind"))
+    )
+
+
 def make_pairs(a, b, kind) -> Pairs:
     """Pairs from index lists and kind codes; the label follows from the kind (1 for GENUINE), so
     that a fixed list of pairs (e.g. SigComp2011's Kaggle lists) cannot disagree with itself."""
@@ -343,6 +352,8 @@ class Trials:
     references: np.ndarray  # int32 [n, K], genuine images of the claimed writer
     kind: np.ndarray  # int32 [n], GENUINE / SKILLED / RANDOM
     label: np.ndarray  # int32 [n], 1 = questioned is genuine
+    # Writers of the split that could not take part (fewer than K + 1 genuine signatures).
+    left_out: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(self.questioned.shape[0])
@@ -359,21 +370,29 @@ class Trials:
 
 
 def reference_trials(
-    writer: np.ndarray, is_genuine: np.ndarray, indices: np.ndarray, k: int, seed: int
+    writer: np.ndarray,
+    is_genuine: np.ndarray,
+    indices: np.ndarray,
+    k: int,
+    seed: int,
+    allow_fewer_writers: bool = False,
 ) -> Trials:
     """Per writer: K genuine references fixed by `seed`; questioned are the writer's other genuine
     signatures, all its forgeries, and as many genuine signatures of other writers of the split.
 
-    Writers with fewer than K + 1 genuine signatures cannot take part and are left out.
+    Writers with fewer than K + 1 genuine signatures cannot take part: a UserError names them,
+    unless `allow_fewer_writers`, where they are left out (and listed in `Trials.left_out`). A
+    figure over the few writers that remain would otherwise pass for one over the whole split.
     """
     if k < 1:
         raise UserError(f"config.eval.references={k}: must be >= 1.")
     rng = np.random.default_rng([seed, 55, k])
     g = _Groups(writer, is_genuine, indices)
-    q, refs, kind = [], [], []
+    q, refs, kind, left_out = [], [], [], []
     for w in g.writers:
         gen = np.asarray(g.genuine[w])
         if len(gen) < k + 1:
+            left_out.append(str(w))
             continue
         chosen = rng.permutation(gen)
         r, rest = chosen[:k], chosen[k:]
@@ -384,6 +403,13 @@ def reference_trials(
                 q.append(int(i))
                 refs.append(r)
                 kind.append(kd)
+    if left_out and not allow_fewer_writers:
+        shown = ", ".join(left_out[:8]) + (", ..." if len(left_out) > 8 else "")
+        raise UserError(
+            f"config.eval.references={k}: {len(left_out)} of {len(g.writers)} writers of the split "
+            f"have fewer than {k + 1} genuine signatures ({shown}); use a smaller K, or "
+            "--config.eval.allow_fewer_writers=True to evaluate the others only."
+        )
     if not q:
         raise UserError(
             f"no writer of the split has {k + 1} genuine signatures for config.eval.references={k}."
@@ -394,6 +420,7 @@ def reference_trials(
         np.asarray(refs, np.int32).reshape(len(q), k),
         kind,
         (kind == GENUINE).astype(np.int32),
+        tuple(left_out),
     )
 
 

@@ -66,6 +66,15 @@ MIN_INK_CONTRAST = 10.0
 # like an area filter while staying sharp.
 RESAMPLE = Image.Resampling.LANCZOS
 
+# How ink intensities reach the model (`config.real.ink`). Scanners and pens differ in how dark the
+# ink comes out, and a dataset can carry that as a shortcut: SigComp2011's forgeries were scanned
+# darker than its genuine signatures, so ink darkness alone separates them. 'raw' keeps each
+# pixel's darkness above the ink threshold (the grey levels of the scan); 'normalized' maps each
+# image's ink intensities, by rank, onto one fixed distribution (uniform over 1..255), so only the
+# order of intensities within an image survives (pressure, stroke edges), not how dark the scan
+# was; 'binary' keeps only where the ink is (255) and is not (0).
+INK_MODES = ("raw", "normalized", "binary")
+
 # Magic numbers of TIFF files, for the tifffile fallback.
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -340,17 +349,46 @@ def ink_box(
     return (y0, y1, x0, x1), threshold
 
 
-def normalize(gray: np.ndarray, height: int, width: int, *, name: str = "<image>") -> np.ndarray:
+def check_ink(ink: str) -> str:
+    """`ink` if it is one of INK_MODES; else a UserError naming config.real.ink."""
+    if ink not in INK_MODES:
+        raise UserError(f"config.real.ink={ink!r}; use one of {INK_MODES}.")
+    return ink
+
+
+def _paper_level(gray: np.ndarray, threshold: float) -> float:
+    """The paper's grey level: the median of what is lighter than the ink threshold. It moves with
+    the scan's brightness, so filling with it (not pure white) keeps a brighter or darker copy of
+    the same scan giving the same input under 'normalized' and 'binary' ink."""
+    light = gray[gray > threshold]
+    return float(np.median(light)) if light.size else 255.0
+
+
+def _rank_to_uniform(values: np.ndarray) -> np.ndarray:
+    """Each value replaced by its rank among `values` (ties averaged), mapped onto 1..255."""
+    if values.size == 0:
+        return values
+    levels, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    below = np.cumsum(counts) - counts  # Values strictly below each level.
+    mid_rank = below + counts / 2.0  # Ties share the middle of their ranks, in [0, n].
+    return 1.0 + 254.0 * mid_rank[inverse.ravel()] / values.size
+
+
+def normalize(
+    gray: np.ndarray, height: int, width: int, *, name: str = "<image>", ink: str = "raw"
+) -> np.ndarray:
     """Model input from grey levels: uint8 [height, width], ink high, background 0, centred.
 
     `gray` is [h, w] (uint8 or float in [0, 255], 255 = white paper), e.g. from `load_image`.
     Crops to the ink (see `ink_box`), scales the crop to fit height x width keeping its aspect
     ratio, centred, then sets everything lighter than the ink threshold to background (so paper
-    texture and scanner tint vanish) and inverts. Raises `UserError` naming `name` when there is
-    no ink.
+    texture and scanner tint vanish) and inverts. `ink` (INK_MODES) says what the ink pixels keep:
+    their darkness ('raw'), its rank within the image ('normalized') or nothing but being ink
+    ('binary'). Raises `UserError` naming `name` when there is no ink.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"height and width must be positive, got {height}x{width}")
+    check_ink(ink)
     gray = np.asarray(gray, dtype=np.float32)
     if gray.ndim == 3 and gray.shape[-1] == 1:
         gray = gray[..., 0]
@@ -370,9 +408,11 @@ def normalize(gray: np.ndarray, height: int, width: int, *, name: str = "<image>
     it, ib = int(np.floor(top)), int(np.ceil(bottom))
     il, ir = int(np.floor(left)), int(np.ceil(right))
     oy, ox = min(int(np.floor(src[1])), it), min(int(np.floor(src[0])), il)
+    # 'raw' keeps pure white, as every dataset prepared before the ink modes was made.
+    fill = 255.0 if ink == "raw" else _paper_level(gray, threshold)
     canvas = np.full(
         (max(int(np.ceil(src[3])), ib) - oy, max(int(np.ceil(src[2])), ir) - ox),
-        255.0,
+        fill,
         dtype=np.float32,
     )
     canvas[it - oy : ib - oy, il - ox : ir - ox] = gray[it:ib, il:ir]
@@ -386,18 +426,29 @@ def normalize(gray: np.ndarray, height: int, width: int, *, name: str = "<image>
         ),
         dtype=np.float32,
     )
-    ink = np.where(resized > threshold, 0.0, 255.0 - resized)
-    return np.clip(np.rint(ink), 0, 255).astype(np.uint8)
+    is_ink = resized <= threshold
+    if ink == "raw":
+        out = np.where(is_ink, 255.0 - resized, 0.0)
+    elif ink == "binary":
+        out = np.where(is_ink, 255.0, 0.0)
+    else:  # 'normalized': darkness above the threshold, ranked within the image.
+        out = np.zeros_like(resized)
+        out[is_ink] = _rank_to_uniform(threshold - resized[is_ink])
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def preprocess_bytes(data: bytes, name: str, height: int, width: int) -> np.ndarray:
+def preprocess_bytes(
+    data: bytes, name: str, height: int, width: int, ink: str = "raw"
+) -> np.ndarray:
     """Decode and normalise one file's bytes: uint8 [height, width, 1]; errors name `name`."""
     gray = load_image(data, name=name)
-    return normalize(gray, height, width, name=name)[..., None]
+    return normalize(gray, height, width, name=name, ink=ink)[..., None]
 
 
-def preprocess_file(path: str | os.PathLike, height: int, width: int) -> np.ndarray:
+def preprocess_file(
+    path: str | os.PathLike, height: int, width: int, ink: str = "raw"
+) -> np.ndarray:
     """Decode and normalise one file: uint8 [height, width, 1], what the builders store."""
     name = os.fspath(path)
     gray = load_image(path, name=name)
-    return normalize(gray, height, width, name=name)[..., None]
+    return normalize(gray, height, width, name=name, ink=ink)[..., None]

@@ -94,7 +94,7 @@ def train_step(
         if config.loss == "bce":
             logits, updates = apply(a, b)
             loss = jnp.mean(losses.bce_with_logits(logits, label))
-            return loss, (logits, label, updates["batch_stats"])
+            return loss, (logits, label, updates.get("batch_stats", {}))
         if config.loss == "contrastive":
             (e1, e2), updates = apply(a, b, method="embed_pairs")
             loss = jnp.mean(losses.contrastive(e1, e2, label, config.loss_margin))
@@ -109,7 +109,7 @@ def train_step(
             {"params": params}, jax.lax.stop_gradient(e1), jax.lax.stop_gradient(e2), method="score"
         )
         loss = loss + jnp.mean(losses.bce_with_logits(logits, pair_label))
-        return loss, (logits, pair_label, updates["batch_stats"])
+        return loss, (logits, pair_label, updates.get("batch_stats", {}))
 
     (loss, (logits, label, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params

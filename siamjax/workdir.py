@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 # Config keys that define the network and its input: a checkpoint is only valid under the same.
 MODEL_KEYS = ("model", "image_height", "image_width")
 COMPUTE_ONLY_MODEL_KEYS = ("conv_impl",)
+# Model keys added after runs were made: at these values they leave the fingerprint unchanged, so
+# workdirs written before the key existed still restore.
+LATER_MODEL_KEY_DEFAULTS = {"norm": "batch", "pool": "flatten"}
 # The parts of a saved train state that inference reads (the rest is the optimiser's and RNG's).
 VARIABLE_KEYS = ("params", "batch_stats")
 
@@ -72,8 +75,25 @@ def model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     d = json.loads(config.to_json_best_effort())
     out = {k: d[k] for k in MODEL_KEYS}
     # How convolutions are computed does not change the model (siamjax.conv).
-    out["model"] = {k: v for k, v in out["model"].items() if k not in COMPUTE_ONLY_MODEL_KEYS}
+    out["model"] = {
+        k: v
+        for k, v in out["model"].items()
+        if k not in COMPUTE_ONLY_MODEL_KEYS
+        and not (k in LATER_MODEL_KEY_DEFAULTS and v == LATER_MODEL_KEY_DEFAULTS[k])
+    }
+    # The ink mode changes what the model sees; 'raw' (and runs from before the key) add nothing,
+    # so the fingerprints of older workdirs are unchanged.
+    ink = ink_of(d)
+    if ink != "raw":
+        out["ink"] = ink
     return out
+
+
+def ink_of(config: Any) -> str:
+    """The ink mode (`config.real.ink`, see siamjax.preprocess) a config or its JSON dict names;
+    configs from before the key: 'raw'."""
+    real = config.get("real") or {}
+    return str(real.get("ink", "raw"))
 
 
 def check_model_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -86,7 +106,9 @@ def check_model_matches(config: ml_collections.ConfigDict, workdir: str) -> None
         with open(path) as f:
             theirs = model_fingerprint(ml_collections.ConfigDict(json.load(f)))
         diffs = [
-            f"{k}: {theirs[k]} there, {mine[k]} now" for k in MODEL_KEYS if theirs[k] != mine[k]
+            f"{k}: {theirs.get(k, 'raw')} there, {mine.get(k, 'raw')} now"
+            for k in sorted(theirs.keys() | mine.keys())
+            if theirs.get(k) != mine.get(k)
         ]
         if diffs:
             raise UserError(

@@ -110,3 +110,45 @@ def test_kaggle_csv_protocol_uses_kaggles_pair_lists(tmp_path):
     assert not np.any(data.catalog.is_genuine[test.b[skilled]])
     assert np.all(data.catalog.is_genuine[test.b[~skilled]])
     assert 0.0 < data.prior_positive < 1.0
+
+
+def test_several_datasets_train_together_each_split_as_alone(tmp_path):
+    """config.dataset='synthetic+signature_folder': one catalog whose writer ids are qualified by
+    their dataset; each dataset keeps the writers and evaluation pairs it has when used alone,
+    so `--config.eval.dataset=<one>` evaluates the same writers."""
+    _bhsig_folder(tmp_path / "data" / "BHSig260")
+    cfg = bhsig260.get_config()
+    cfg.data_dir = str(tmp_path / "data")
+    cfg.tfds_data_dir = str(tmp_path / "tfds")
+    cfg.image_height, cfg.image_width = 32, 48
+    cfg.split.val_fraction = cfg.split.test_fraction = 0.25
+    cfg.synthetic.num_writers, cfg.synthetic.genuine_per_writer = 8, 3
+    cfg.synthetic.forgeries_per_writer, cfg.synthetic.forgers_per_writer = 3, 1
+    alone = {}
+    for name in ("synthetic", "signature_folder"):
+        one = cfg.copy_and_resolve_references()
+        one.dataset = name
+        alone[name] = Data(one)
+    cfg.dataset = "synthetic+signature_folder"
+    both = Data(cfg)
+    cat = both.catalog
+    assert len(cat) == sum(len(d.catalog) for d in alone.values())
+    for name, data in alone.items():
+        for split, writers in data.splits.items():
+            mine = [w.split(":", 1)[1] for w in both.splits[split] if w.startswith(f"{name}:")]
+            assert mine == writers
+        for split, pairs in data.eval_pairs.items():
+            joined = both.eval_pairs[split]
+            ours = np.array([p.startswith(f"{name}:") for p in cat.path[joined.a]])
+            got = [
+                (cat.path[a].split(":", 1)[1], cat.path[b].split(":", 1)[1], k)
+                for a, b, k in zip(joined.a[ours], joined.b[ours], joined.kind[ours], strict=True)
+            ]
+            want = [
+                (data.catalog.path[a], data.catalog.path[b], k)
+                for a, b, k in zip(pairs.a, pairs.b, pairs.kind, strict=True)
+            ]
+            assert got == want
+    with pytest.raises(Exception, match="names a dataset twice"):
+        cfg.dataset = "synthetic+synthetic"
+        Data(cfg)

@@ -478,3 +478,22 @@ def test_real_full_build_150x220(real_data_dir, tmp_path, name):
     assert (images[:, 0, 0, 0] == 0).mean() > 0.95
     assert (images.reshape(len(images), -1).max(axis=1) > 100).all()
     assert elapsed < 120, elapsed
+
+
+def test_ink_mode_is_part_of_the_prepared_datasets_identity(tmp_path):
+    flat = tmp_path / "raw/cedar"
+    for w in (1, 2):
+        fake_image(flat / f"original_{w}_1.png", 10 * w)
+        fake_image(flat / f"forgeries_{w}_1.png", 100 + 10 * w)
+    tfds_dir = str(tmp_path / "tfds")
+    raw = build(cedar.Builder.for_size(*SMALL, data_dir=tfds_dir), tmp_path / "raw")
+    binary = build(
+        cedar.Builder.for_size(*SMALL, data_dir=tfds_dir, ink="binary"), tmp_path / "raw"
+    )
+    assert raw.builder_config.name == f"{SMALL[0]}x{SMALL[1]}"  # Raw datasets keep their name.
+    assert binary.builder_config.name.endswith("_ink-binary")
+    assert raw.data_dir != binary.data_dir
+    raw_images = np.stack([r["image"] for r in records(raw)])
+    binary_images = np.stack([r["image"] for r in records(binary)])
+    assert len(np.unique(raw_images)) > 2
+    assert set(np.unique(binary_images)) == {0, 255}

@@ -85,7 +85,14 @@ def test_embed_and_score_equal_the_full_forward():
 
 @pytest.mark.parametrize(
     "key,value",
-    [("encoder", "resnet"), ("combine", "product"), ("dtype", "float8"), ("init", "xavier")],
+    [
+        ("encoder", "resnet"),
+        ("combine", "product"),
+        ("dtype", "float8"),
+        ("init", "xavier"),
+        ("norm", "layer"),
+        ("pool", "max"),
+    ],
 )
 def test_unknown_choices_are_user_errors(key, value):
     cfg = synthetic.get_config("tiny")
@@ -112,3 +119,20 @@ def test_vgg_encoder_with_patchify_stem():
     assert p["fc0"]["kernel"].shape == (4 * 6 * 128, 256)
     logits = model.apply(variables, x, x, train=False)
     assert logits.shape == (2,) and logits.dtype == jnp.float32
+
+
+def test_groupnorm_and_global_pooling():
+    """norm='group' keeps no batch statistics (each image is normalised alone: the same output
+    in a batch of one or of many); pool='gap' leaves fc0 with c inputs instead of h*w*c."""
+    from configs import sigcomp_best
+
+    cfg = sigcomp_best.get_config()
+    cfg.model.norm, cfg.model.pool = "group", "gap"
+    model, variables, _ = _init(cfg)
+    assert "batch_stats" not in variables
+    p = variables["params"]["encoder"]
+    assert p["fc0"]["kernel"].shape == (128, 256) and p["gn1"]["scale"].shape == (64,)
+    images = jax.random.randint(jax.random.key(1), (3, 150, 220, 1), 0, 256).astype(jnp.uint8)
+    together = model.apply(variables, images, method="embed")
+    alone = model.apply(variables, images[1:2], method="embed")
+    assert jnp.allclose(together[1:2], alone, atol=1e-5)  # float32 reordering only.

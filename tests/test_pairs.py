@@ -147,3 +147,17 @@ def test_reference_trials_need_enough_genuine_signatures():
     writer, is_genuine, _ = _toy(num_writers=3, genuine=4, forged=1)
     with pytest.raises(UserError, match="references=4"):
         pairs.reference_trials(writer, is_genuine, np.arange(len(writer)), 4, seed=0)
+
+
+def test_writers_without_k_plus_one_genuine_are_refused_unless_allowed():
+    writer, is_genuine, _ = _toy(num_writers=4, genuine=6, forged=2)
+    short = writer == writer[0]
+    keep = ~(short & is_genuine) | (np.cumsum(short & is_genuine) <= 3)  # Writer 0: 3 genuine.
+    writer, is_genuine = writer[keep], is_genuine[keep]
+    idx = np.arange(len(writer))
+    with pytest.raises(UserError, match=r"1 of 4 writers .* fewer than 4 genuine"):
+        pairs.reference_trials(writer, is_genuine, idx, 3, seed=0)
+    t = pairs.reference_trials(writer, is_genuine, idx, 3, seed=0, allow_fewer_writers=True)
+    assert t.left_out == (str(writer[0]),)
+    assert str(writer[0]) not in set(writer[t.references[:, 0]])
+    assert pairs.reference_trials(writer, is_genuine, idx, 2, seed=0).left_out == ()

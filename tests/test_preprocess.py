@@ -331,3 +331,66 @@ def test_real_scans_rescaled_give_nearly_the_same_output(real_data_dir):
         assert values[worst] < 4.0, (scale, files[worst], values[worst])
     assert np.mean(mads[0.5]) < 1.0, np.mean(mads[0.5])
     assert np.mean(mads[2.0]) < 0.3, np.mean(mads[2.0])
+
+
+# ---- Ink modes --------------------------------------------------------------------------------
+
+
+def _shift_agreement(a: np.ndarray, b: np.ndarray, ink_pixels: int) -> None:
+    """`a` and `b` are the same model input up to float32 rounding.
+
+    The blur and the resampling run in float32, so a brighter copy's pixels can differ from the
+    original's by a few ulps of 255 (~1e-4 grey levels); a pixel lying that close to the ink
+    threshold may fall on its other side. Such pixels are rare, so at most 0.2% of the ink pixels
+    may change, and the image as a whole (mean |difference|) by under half a grey level.
+    """
+    changed = int(np.count_nonzero(np.abs(a.astype(int) - b.astype(int)) > 1))
+    assert changed <= max(2, 0.002 * ink_pixels), changed
+    assert mad(a, b) < 0.5
+
+
+@pytest.mark.parametrize("ink", ["normalized", "binary"])
+@pytest.mark.parametrize("shift", [-40.0, -15.0, 25.0])
+def test_darker_or_lighter_scan_gives_the_same_input(gray, ink, shift):
+    # Paper at 212 and ink at 60 (a grey sheet, a dim scanner), so neither end saturates under
+    # these shifts: a shift that clips the paper at white or the ink at black is no longer a
+    # constant shift of the scan.
+    scan = gray.astype(np.float32) * 0.8 + 20.0
+    base = preprocess.normalize(scan, H, W, ink=ink)
+    moved = preprocess.normalize(scan + shift, H, W, ink=ink)
+    _shift_agreement(base, moved, int(np.count_nonzero(base)))
+    # Raw ink keeps the scan's darkness, which is what the other modes remove.
+    raw_base = preprocess.normalize(scan, H, W, ink="raw")
+    raw_moved = preprocess.normalize(scan + shift, H, W, ink="raw")
+    ink_mean = [float(r[r > 0].mean()) for r in (raw_base, raw_moved)]
+    assert abs(ink_mean[1] - ink_mean[0]) > abs(shift) / 2
+
+
+def test_ink_modes_keep_the_same_ink_pixels(gray, gray_out):
+    raw = preprocess.normalize(gray, H, W, ink="raw")
+    np.testing.assert_array_equal(raw, gray_out)  # 'raw' is the default, unchanged.
+    binary = preprocess.normalize(gray, H, W, ink="binary")
+    normalized = preprocess.normalize(gray, H, W, ink="normalized")
+    assert set(np.unique(binary)) == {0, 255}
+    # Where the ink is does not depend on the mode: the paper is refilled at its own level
+    # rather than white in the other modes, which moves only the faintest edge pixels.
+    assert np.mean((binary > 0) != (raw > 0)) < 0.002
+    np.testing.assert_array_equal(normalized > 0, binary > 0)
+
+
+def test_normalized_ink_follows_one_distribution_whatever_the_pen(gray):
+    # A pale pencil and a black pen: the same strokes, different darkness and contrast.
+    pale = 240.0 - (240.0 - gray.astype(np.float32)) * 0.4
+    outs = [preprocess.normalize(g, H, W, ink="normalized") for g in (gray, pale)]
+    for o in outs:
+        ink = o[o > 0].astype(np.float64)
+        # Ranks mapped onto 1..255: the values spread uniformly (mean 128, quartiles 65 and 192).
+        assert abs(ink.mean() - 128.0) < 3.0
+        np.testing.assert_allclose(np.percentile(ink, [25, 75]), [65.0, 192.0], atol=6.0)
+    raw = [preprocess.normalize(g, H, W, ink="raw") for g in (gray, pale)]
+    assert abs(float(raw[0][raw[0] > 0].mean()) - float(raw[1][raw[1] > 0].mean())) > 20.0
+
+
+def test_unknown_ink_mode_is_a_user_error(gray):
+    with pytest.raises(UserError, match="config.real.ink"):
+        preprocess.normalize(gray, H, W, ink="grey")

@@ -194,7 +194,7 @@ def _imap(fn: Callable, items: Iterable, window: int = _WINDOW) -> Iterator:
                 future.cancel()
 
 
-def _load(root: epath.Path, im: SourceImage, height: int, width: int):
+def _load(root: epath.Path, im: SourceImage, height: int, width: int, ink: str):
     """(image uint8 [h, w, 1] or None, sha256, error message or None) for one file."""
     path = root / im.relpath
     try:
@@ -203,7 +203,7 @@ def _load(root: epath.Path, im: SourceImage, height: int, width: int):
         return None, "", f"{path}: cannot read file ({e})"
     sha = common.sha256_hex(data)
     try:
-        return preprocess.preprocess_bytes(data, str(path), height, width), sha, None
+        return preprocess.preprocess_bytes(data, str(path), height, width, ink), sha, None
     except UserError as e:
         return None, sha, str(e)
 
@@ -215,6 +215,7 @@ def generate_examples(
     width: int,
     skip_bad_files: bool,
     problems: list[Problem],
+    ink: str = "raw",
 ) -> Iterator[tuple[str, dict]]:
     """(key, example) in the format of `siamjax.datasets.common`, one writer at a time.
 
@@ -223,7 +224,7 @@ def generate_examples(
     """
     root = epath.Path(root)
     images = sorted(images, key=lambda im: (im.writer, im.relpath))
-    results = _imap(lambda im: (im, *_load(root, im, height, width)), images)
+    results = _imap(lambda im: (im, *_load(root, im, height, width, ink)), images)
     yielded = 0
     group: list[tuple[str, dict]] = []
     writer = None
@@ -276,10 +277,16 @@ def generate_examples(
 # ---- Configs and the shared builder -----------------------------------------------------------
 
 
-def size_name(height: int, width: int, skip_bad_files: bool) -> str:
+def size_name(height: int, width: int, skip_bad_files: bool, ink: str = "raw") -> str:
     """Config name for a size: "150x220", or "150x220_skip" when bad files may be skipped (a
-    build that skipped files must not pass for a complete one)."""
-    return f"{height}x{width}" + ("_skip" if skip_bad_files else "")
+    build that skipped files must not pass for a complete one), with "_ink-binary" or
+    "_ink-normalized" when the ink is not kept raw (preprocess.INK_MODES)."""
+    preprocess.check_ink(ink)
+    return (
+        f"{height}x{width}"
+        + ("_skip" if skip_bad_files else "")
+        + ("" if ink == "raw" else f"_ink-{ink}")
+    )
 
 
 def check_size(height: int, width: int) -> None:
@@ -290,22 +297,28 @@ def check_size(height: int, width: int) -> None:
 
 @dataclasses.dataclass(eq=False)
 class ImageConfig(tfds.core.BuilderConfig):
-    """Output size and bad-file policy; the name encodes them, so each prepares its own copy."""
+    """Output size, ink mode and bad-file policy; the name encodes them, so each prepares its own
+    copy."""
 
     height: int = 150
     width: int = 220
     skip_bad_files: bool = False
+    ink: str = "raw"
 
     @classmethod
-    def of(cls, height: int, width: int, skip_bad_files: bool = False) -> ImageConfig:
+    def of(
+        cls, height: int, width: int, skip_bad_files: bool = False, ink: str = "raw"
+    ) -> ImageConfig:
         check_size(height, width)
         return cls(
-            name=size_name(height, width, skip_bad_files),
+            name=size_name(height, width, skip_bad_files, ink),
             description=f"{height}x{width} images"
-            + (", unreadable files skipped" if skip_bad_files else ""),
+            + (", unreadable files skipped" if skip_bad_files else "")
+            + ("" if ink == "raw" else f", {ink} ink"),
             height=int(height),
             width=int(width),
             skip_bad_files=bool(skip_bad_files),
+            ink=ink,
         )
 
 
@@ -355,14 +368,20 @@ class RealBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     @classmethod
     def for_size(
-        cls, height: int, width: int, *, data_dir: str, skip_bad_files: bool = False
+        cls,
+        height: int,
+        width: int,
+        *,
+        data_dir: str,
+        skip_bad_files: bool = False,
+        ink: str = "raw",
     ) -> RealBuilder:
-        """The builder for one image size, preparing into `data_dir` (TFDS's folder); for the
-        builders whose configs are `ImageConfig`s (sigcomp2011, cedar)."""
-        name = size_name(height, width, skip_bad_files)
+        """The builder for one image size and ink mode, preparing into `data_dir` (TFDS's
+        folder); for the builders whose configs are `ImageConfig`s (sigcomp2011, cedar)."""
+        name = size_name(height, width, skip_bad_files, ink)
         if name in cls.builder_configs:  # TFDS refuses a new config object with a known name.
             return cls(config=name, data_dir=data_dir)
-        return cls(config=ImageConfig.of(height, width, skip_bad_files), data_dir=data_dir)
+        return cls(config=ImageConfig.of(height, width, skip_bad_files, ink), data_dir=data_dir)
 
     def _listing(self, dl_manager: tfds.download.DownloadManager) -> Listing:
         raise NotImplementedError
@@ -393,7 +412,13 @@ class RealBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, root: epath.Path, images: list[SourceImage]):
         config = self.builder_config
         return generate_examples(
-            root, images, config.height, config.width, config.skip_bad_files, self._problems
+            root,
+            images,
+            config.height,
+            config.width,
+            config.skip_bad_files,
+            self._problems,
+            config.ink,
         )
 
     @property

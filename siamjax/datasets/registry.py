@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING
 
 import ml_collections
+import numpy as np
 from absl import logging
 
 from siamjax import catalog as catalog_lib
@@ -23,6 +24,40 @@ if TYPE_CHECKING:
 # names: importing this module loads neither.
 
 DATASETS = ("synthetic", "sigcomp2011", "cedar", "signature_folder")
+# `config.dataset` may name several datasets joined by this, e.g. "cedar+sigcomp2011": they are
+# trained on together, each keeping its own writers and split (see `dataset_names`).
+JOIN = "+"
+
+
+def dataset_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The datasets `config.dataset` names, in order; each known, none twice."""
+    names = tuple(n.strip() for n in str(config.dataset).split(JOIN))
+    for name in names:
+        if name not in DATASETS:
+            raise UserError(
+                f"config.dataset={config.dataset!r}: {name!r} is not a dataset; use one of "
+                f"{DATASETS}, or several joined by {JOIN!r} (e.g. 'cedar+sigcomp2011')."
+            )
+    if len(set(names)) != len(names):
+        raise UserError(f"config.dataset={config.dataset!r} names a dataset twice.")
+    return names
+
+
+def single(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """A copy of `config` naming only dataset `name` (same size, ink, split, seed)."""
+    out = config.copy_and_resolve_references()
+    out.dataset = name
+    return out
+
+
+def qualified(name: str, writer_or_path: np.ndarray) -> np.ndarray:
+    """Writer ids or paths of dataset `name` as the joined catalog holds them: "name:id"."""
+    return np.array([f"{name}:{v}" for v in writer_or_path])
+
+
+def dataset_of(writer: np.ndarray) -> np.ndarray:
+    """The dataset of each qualified writer id of a joined catalog ("" where unqualified)."""
+    return np.array([w.split(":", 1)[0] if ":" in w else "" for w in writer])
 
 
 def tfds_data_dir(config: ml_collections.ConfigDict) -> str:
@@ -69,16 +104,17 @@ def make_builder(config: ml_collections.ConfigDict) -> tuple[tfds.core.DatasetBu
         from siamjax.datasets.synthetic import synthetic_dataset_builder as synth
 
         return synth.make_builder(synthetic_settings(config), data_dir=out), None
-    skip = bool(config.real.skip_bad_files)
+    skip, ink = bool(config.real.skip_bad_files), str(config.real.ink)
     if config.dataset == "sigcomp2011":
         from siamjax.datasets.sigcomp2011 import sigcomp2011_dataset_builder as sigcomp2011
 
-        builder = sigcomp2011.Builder.for_size(h, w, data_dir=out, skip_bad_files=skip)
+        builder = sigcomp2011.Builder.for_size(h, w, data_dir=out, skip_bad_files=skip, ink=ink)
         return builder, raw_data_dir(config)
     if config.dataset == "cedar":
         from siamjax.datasets import cedar
 
-        return cedar.Builder.for_size(h, w, data_dir=out, skip_bad_files=skip), raw_data_dir(config)
+        builder = cedar.Builder.for_size(h, w, data_dir=out, skip_bad_files=skip, ink=ink)
+        return builder, raw_data_dir(config)
     if config.dataset == "signature_folder":
         from siamjax.datasets import signature_folder
 
@@ -99,14 +135,19 @@ def make_builder(config: ml_collections.ConfigDict) -> tuple[tfds.core.DatasetBu
             forged_values=r.forged_values,
             folder_name=r.folder_name,
             skip_bad_files=skip,
+            ink=ink,
         ), manual
     raise UserError(f"config.dataset={config.dataset!r}; use one of {DATASETS}.")
 
 
 def prepare(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-    """Builds the dataset once (offline, explicit data dir); later calls find it prepared."""
+    """Builds the dataset once (offline, explicit data dir); later calls find it prepared. With
+    several datasets named, prepares each and returns the last's builder."""
     import tensorflow_datasets as tfds
 
+    names = dataset_names(config)
+    if len(names) > 1:
+        return [prepare(single(config, n)) for n in names][-1]
     builder, manual_dir = make_builder(config)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     logging.info("dataset %s/%s in %s", builder.name, builder.builder_config.name, builder.data_dir)
@@ -115,5 +156,15 @@ def prepare(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
 
 
 def load_catalog(config: ml_collections.ConfigDict, split: str = "train") -> catalog_lib.Catalog:
-    """The prepared `split` of the configured dataset, in memory."""
-    return catalog_lib.from_builder(prepare(config), split)
+    """The prepared `split` of the configured dataset, in memory. Several datasets give one
+    catalog, each part's writers and paths qualified by its name ("cedar:12"), so that writer
+    ids of different datasets never meet."""
+    names = dataset_names(config)
+    if len(names) == 1:
+        return catalog_lib.from_builder(prepare(config), split)
+    parts = []
+    for name in names:
+        cat = catalog_lib.from_builder(prepare(single(config, name)), split)
+        cat.writer, cat.path = qualified(name, cat.writer), qualified(name, cat.path)
+        parts.append(cat)
+    return catalog_lib.concatenate(parts)

@@ -19,7 +19,7 @@ import numpy as np
 from siamjax import scoring
 from siamjax.errors import UserError, one_line
 from siamjax.verify.records import FORGED, GENUINE, Decision, Failure, Pair, display_path
-from siamjax.workdir import load_config
+from siamjax.workdir import ink_of, load_config
 
 FUSIONS = scoring.FUSE_METHODS
 # Images per jitted embedding call (rounded up to a multiple of the devices). Small, because a
@@ -55,6 +55,7 @@ class Verifier:
         self.workdir = os.path.abspath(os.fspath(workdir))
         self.config = load_config(self.workdir)
         self.height, self.width = int(self.config.image_height), int(self.config.image_width)
+        self.ink = ink_of(self.config)
         self.fusion = fusion
         self._requested_step, self._threshold_override = step, threshold
         self._batch_size = batch_size
@@ -96,7 +97,7 @@ class Verifier:
         from siamjax.preprocess import preprocess_file
 
         try:
-            return preprocess_file(key_and_name[1], self.height, self.width)
+            return preprocess_file(key_and_name[1], self.height, self.width, self.ink)
         except UserError as e:
             return one_line(str(e))
 

@@ -58,6 +58,7 @@ class FolderConfig(real.ImageConfig):
         forged_values: str = DEFAULT_FORGED,
         folder_name: str = "folder",
         skip_bad_files: bool = False,
+        ink: str = "raw",
     ) -> FolderConfig:
         """Validated config named `<folder_name>_<h>x<w>[_skip]_<hash>`: the hash (of root,
         pattern and values) keeps prepared copies of different folders or rules apart."""
@@ -76,11 +77,12 @@ class FolderConfig(real.ImageConfig):
         key = json.dumps([root, pattern, ",".join(genuine), ",".join(forged)])
         digest = hashlib.sha256(key.encode()).hexdigest()[:8]
         return cls(
-            name=f"{folder_name}_{real.size_name(height, width, skip_bad_files)}_{digest}",
+            name=f"{folder_name}_{real.size_name(height, width, skip_bad_files, ink)}_{digest}",
             description=f"{root!r} matched by {pattern!r} at {height}x{width}",
             height=int(height),
             width=int(width),
             skip_bad_files=bool(skip_bad_files),
+            ink=ink,
             root=root,
             pattern=pattern,
             genuine_values=",".join(genuine),
@@ -200,6 +202,7 @@ def make_builder(
     forged_values: str = DEFAULT_FORGED,
     folder_name: str = "folder",
     skip_bad_files: bool = False,
+    ink: str = "raw",
 ) -> Builder:
     """The folder builder for one root and pattern, preparing into `data_dir` (TFDS's folder).
 
@@ -214,5 +217,6 @@ def make_builder(
         forged_values=forged_values,
         folder_name=folder_name,
         skip_bad_files=skip_bad_files,
+        ink=ink,
     )
     return Builder(config=config, data_dir=data_dir)

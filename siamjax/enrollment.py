@@ -1,0 +1,117 @@
+"""Enrolment: what is fitted per writer on its K reference signatures, and how a questioned
+signature is then scored against it.
+
+A writer-independent model scores a questioned signature against each reference; enrolment is
+where the writer's own K references say more than K separate pairs do:
+
+- 'none': the K reference scores fused (`config.eval.fusion`), as before enrolment existed.
+- 'znorm': the K reference logits fused (mean, max or min), standardised by how the writer's
+  references score against each other (the mean and spread of their logits): a writer whose
+  genuine signatures vary a lot gets a wider acceptance, one who signs the same way every time
+  a narrower one. Needs K >= 2.
+- 'svm': a writer-dependent classifier, as sigver's writer-dependent SVMs: an RBF SVM on the
+  embeddings, the writer's K references against genuine signatures of other (training) writers,
+  classes weighted to balance; the score is its decision value through a sigmoid.
+
+What it is not for: choosing thresholds (validation does, `metrics.operating_threshold`) or
+computing embeddings (`siamjax.inference`). Everything here is numpy (and scikit-learn for the
+SVM), so eval.py, siamjax-verify and the service enrol the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import scipy.special
+
+from siamjax import scoring
+from siamjax.errors import UserError
+
+METHODS = ("none", "znorm", "svm")
+# 'znorm': the references' spread (std of their logits against each other) is floored at this,
+# so that K = 2 or a writer who signs identically does not make the scale explode.
+MIN_SPREAD = 0.5
+# 'svm': regularisation and the RBF width rule, as in sigver's writer-dependent classifiers.
+SVM_C = 1.0
+SVM_GAMMA = "scale"
+
+# (reference embeddings [n, D], questioned embeddings [n, D]) -> head logits [n].
+PairLogits = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def check_method(method: str, k: int) -> None:
+    """A UserError naming config.eval.enrollment when `method` is unknown or needs more refs."""
+    if method not in METHODS:
+        raise UserError(f"config.eval.enrollment={method!r}; use one of {METHODS}.")
+    if method == "znorm" and k < 2:
+        raise UserError(
+            "config.eval.enrollment='znorm' standardises by the references' scores against each "
+            f"other, so it needs config.eval.references >= 2 (got {k})."
+        )
+
+
+@dataclasses.dataclass
+class Enrollment:
+    """One writer's enrolment: the references' embeddings and what was fitted on them."""
+
+    method: str
+    references: np.ndarray  # float32 [K, D]
+    fusion: str = "mean"
+    center: float = 0.0  # 'znorm': mean logit of reference pairs.
+    spread: float = 1.0  # 'znorm': their std, floored at MIN_SPREAD.
+    classifier: object | None = None  # 'svm': the fitted sklearn SVC.
+
+
+def enroll(
+    method: str,
+    references: np.ndarray,
+    pair_logits: PairLogits,
+    *,
+    fusion: str = "mean",
+    negatives: np.ndarray | None = None,
+) -> Enrollment:
+    """Fits `method` on one writer's reference embeddings [K, D].
+
+    `negatives` [N, D]: genuine embeddings of other writers ('svm' only; the training split's).
+    """
+    references = np.asarray(references, np.float32)
+    k = references.shape[0]
+    check_method(method, k)
+    out = Enrollment(method, references, fusion)
+    if method == "znorm":
+        i, j = np.nonzero(~np.eye(k, dtype=bool))
+        logits = np.asarray(pair_logits(references[i], references[j]), np.float64)
+        out.center = float(logits.mean())
+        out.spread = float(max(logits.std(), MIN_SPREAD))
+    elif method == "svm":
+        if negatives is None or len(negatives) == 0:
+            raise UserError(
+                "config.eval.enrollment='svm' needs other writers' genuine embeddings "
+                "(negatives); none were given."
+            )
+        from sklearn.svm import SVC  # Imported here: only 'svm' needs scikit-learn.
+
+        x = np.concatenate([references, np.asarray(negatives, np.float32)])
+        y = np.concatenate([np.ones(k, np.int32), np.zeros(len(negatives), np.int32)])
+        out.classifier = SVC(C=SVM_C, kernel="rbf", gamma=SVM_GAMMA, class_weight="balanced")
+        out.classifier.fit(x, y)
+    return out
+
+
+def score(enrollment: Enrollment, questioned: np.ndarray, pair_logits: PairLogits) -> np.ndarray:
+    """Scores in (0, 1) that each questioned embedding [n, D] is the writer's genuine signature."""
+    q = np.asarray(questioned, np.float32)
+    n, k = q.shape[0], enrollment.references.shape[0]
+    if enrollment.method == "svm":
+        return scipy.special.expit(enrollment.classifier.decision_function(q).astype(np.float64))
+    refs = np.repeat(enrollment.references[None], n, axis=0).reshape(n * k, -1)
+    logits = np.asarray(pair_logits(refs, np.repeat(q, k, axis=0)), np.float32).reshape(n, k)
+    if enrollment.method == "none":
+        probs = np.asarray(scipy.special.expit(logits), np.float64)  # As inference.probabilities.
+        return scoring.fuse_scores(probs, enrollment.fusion) if k > 1 else probs[:, 0]
+    # 'znorm' fuses in logits, where standardising is exact: a head that adds a constant to
+    # every logit, or scales them all, gives the same scores.
+    fused = scoring.fuse_scores(logits.astype(np.float64), enrollment.fusion)
+    return scipy.special.expit((fused - enrollment.center) / enrollment.spread)

@@ -1,0 +1,75 @@
+"""Enrolment methods on made-up embeddings, with a distance head whose scores are known."""
+
+import numpy as np
+import pytest
+import scipy.special
+
+from siamjax import enrollment
+from siamjax.errors import UserError
+
+D = 8
+
+
+def distance_logits(e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
+    """A head: logit = 3 - ||e1 - e2||, so that near pairs score high."""
+    return 3.0 - np.linalg.norm(e1 - e2, axis=-1)
+
+
+def writer(seed: int, spread: float, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(a writer's centre [D], its K references [K, D]) scattered by `spread`."""
+    rng = np.random.default_rng(seed)
+    centre = rng.normal(0.0, 3.0, D)
+    return centre, centre + rng.normal(0.0, spread, (k, D))
+
+
+def test_none_is_the_fused_pair_scores():
+    _, refs = writer(0, 0.3)
+    q = refs[:2] + 0.1
+    e = enrollment.enroll("none", refs, distance_logits, fusion="max")
+    got = enrollment.score(e, q, distance_logits)
+    pair = scipy.special.expit(
+        np.stack([distance_logits(refs, np.repeat(qi[None], len(refs), 0)) for qi in q])
+    )
+    np.testing.assert_allclose(got, pair.max(axis=1), rtol=1e-6)
+
+
+def test_znorm_standardises_by_the_references_own_spread():
+    # The same questioned distance is typical for a loose writer and far out for a tight one.
+    centre, tight = writer(1, 0.1)
+    _, loose = writer(1, 1.0)
+    loose = loose - loose.mean(0) + centre
+    q = (centre + np.full(D, 0.9 / np.sqrt(D)))[None]  # At distance 0.9 from the centre.
+    s_tight = enrollment.score(
+        enrollment.enroll("znorm", tight, distance_logits), q, distance_logits
+    )
+    s_loose = enrollment.score(
+        enrollment.enroll("znorm", loose, distance_logits), q, distance_logits
+    )
+    assert s_tight[0] < 0.5 < s_loose[0]
+    # A head that adds a constant to every logit changes nothing once standardised.
+    shifted = lambda a, b: distance_logits(a, b) + 2.0  # noqa: E731
+    e = enrollment.enroll("znorm", loose, shifted)
+    np.testing.assert_allclose(enrollment.score(e, q, shifted), s_loose, rtol=1e-5)
+
+
+def test_svm_accepts_the_writer_and_rejects_others():
+    centre, refs = writer(2, 0.3, k=10)
+    rng = np.random.default_rng(3)
+    negatives = rng.normal(0.0, 3.0, (200, D))
+    e = enrollment.enroll("svm", refs, distance_logits, negatives=negatives)
+    own = centre + rng.normal(0.0, 0.3, (20, D))
+    others = rng.normal(0.0, 3.0, (20, D))
+    s_own = enrollment.score(e, own, distance_logits)
+    s_others = enrollment.score(e, others, distance_logits)
+    assert np.all((0 < s_own) & (s_own < 1))
+    assert s_own.min() > s_others.max()
+
+
+def test_bad_choices_are_user_errors():
+    _, refs = writer(4, 0.3, k=1)
+    with pytest.raises(UserError, match="references >= 2"):
+        enrollment.enroll("znorm", refs, distance_logits)
+    with pytest.raises(UserError, match="config.eval.enrollment"):
+        enrollment.enroll("gmm", refs, distance_logits)
+    with pytest.raises(UserError, match="negatives"):
+        enrollment.enroll("svm", refs, distance_logits)
