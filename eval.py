@@ -9,7 +9,7 @@ With --config.eval.dataset=<name> it evaluates that dataset's writers at the tra
 threshold and writes <workdir>/eval/<name>_<split>/.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from siamjax import cli
@@ -24,15 +24,11 @@ flags.DEFINE_integer("step", None, "Checkpoint step (default: best by validation
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-@cli.user_errors_exit
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.hide_gpus_from_tensorflow()
-    from siamjax import eval_lib
+def evaluate() -> None:
+    from siamjax import eval_lib  # After cli.main has prepared the process.
 
     eval_lib.run_evaluation(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.step)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.main(evaluate)

@@ -6,7 +6,7 @@
 Rerunning the same command resumes from the latest checkpoint in the workdir.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from siamjax import cli
@@ -19,16 +19,12 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and evalua
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-@cli.user_errors_exit
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.hide_gpus_from_tensorflow()
-    from siamjax import train_lib
+def train() -> None:
+    from siamjax import train_lib  # After cli.main has prepared the process.
 
     logging.info("config:\n%s", FLAGS.config)
     train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.main(train)

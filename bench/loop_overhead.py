@@ -45,7 +45,7 @@ def main(argv):
     import jax
     import jax.numpy as jnp
     from clu import periodic_actions
-    from run import commit_info  # bench/run.py, beside this file.
+    from suite.common import commit_info  # bench/suite/, beside this file.
 
     from siamjax import faults, models, parallel, train_lib
     from siamjax.data import Data

@@ -1,4 +1,5 @@
-"""What train.py, eval.py and siamjax-verify share before they call the library.
+"""What train.py, eval.py and siamjax-verify share before they call the library: the one `main` of
+train.py and eval.py, process setup, flag parsing and errors as exit codes.
 
 Hides GPUs from TensorFlow (tf.data runs on the CPU; TF must not take accelerator memory) and turns
 a `UserError` into one line on stderr and its exit code (2; 3 for a non-finite loss), and a
@@ -108,3 +109,19 @@ def user_errors_exit(fn: Callable) -> Callable:
             sys.exit(e.exit_code)
 
     return wrapper
+
+
+def main(library_call: Callable[[], object]) -> None:
+    """The main of train.py and eval.py: absl's flags (parsed by `parse_flags`), no positional
+    arguments, the process prepared (`hide_gpus_from_tensorflow`) before `library_call()` runs,
+    and a UserError or Preempted from it as one line and its exit code (`user_errors_exit`)."""
+    from absl import app
+
+    @user_errors_exit
+    def run(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        hide_gpus_from_tensorflow()
+        library_call()
+
+    app.run(run, flags_parser=parse_flags)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from siamjax import synthetic
+from siamjax.datasets.synthetic import generator as synthetic
 from siamjax.datasets.synthetic import synthetic_dataset_builder as builder_lib
 
 SETTINGS = synthetic.Settings(

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamjax import synthetic, verify
+from siamjax import verify
+from siamjax.datasets.synthetic import generator as synthetic
 from siamjax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

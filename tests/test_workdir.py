@@ -7,8 +7,9 @@ import optax
 import pytest
 from PIL import Image
 
-from siamjax import checkpointing, eval_lib, models, parallel, synthetic, train_state, verify
+from siamjax import checkpointing, eval_lib, models, parallel, train_state, verify
 from siamjax import workdir as workdir_lib
+from siamjax.datasets.synthetic import generator as synthetic
 from siamjax.errors import UserError
 
 

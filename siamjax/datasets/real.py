@@ -179,7 +179,7 @@ def content_hashes(root: epath.PathLike, images: Iterable[SourceImage]) -> dict[
 
 def _imap(fn: Callable, items: Iterable, window: int = _WINDOW) -> Iterator:
     """`map` on a thread pool, in order, at most `window` ahead; PIL and numpy release the GIL
-    for most of the work, so two cores give ~1.4x. Pending work is cancelled on an error."""
+    for most of the work, so the cores are used. Pending work is cancelled on an error."""
     with concurrent.futures.ThreadPoolExecutor() as pool:
         pending: collections.deque = collections.deque()
         try:
@@ -336,9 +336,9 @@ def manual_dir(dl_manager: tfds.download.DownloadManager) -> epath.Path:
 class RealBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """What the real-data builders share; subclasses say where the root is and what each file is.
 
-    Subclasses implement `_listing(dl_manager) -> Listing` (calling `manual_dir(dl_manager)` only
-    when their root is under the manual dir) and set `MANUAL_DOWNLOAD_INSTRUCTIONS`, `DESCRIPTION`
-    and `HOMEPAGE`.
+    Subclasses set `find_root` (the manual dir -> the dataset's root folder) and `list_files`
+    (root -> `Listing`), or override `_listing` where the root need not be under the manual dir,
+    and set `MANUAL_DOWNLOAD_INSTRUCTIONS`, `DESCRIPTION` and `HOMEPAGE`.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -346,6 +346,9 @@ class RealBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     DESCRIPTION = ""
     HOMEPAGE = ""
     WHAT = "dataset"  # How errors call the raw folder.
+    # The builder module's own functions, as static methods: manual dir -> root -> listing.
+    find_root: Callable[[epath.Path], epath.Path]
+    list_files: Callable[[epath.PathLike], Listing]
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -384,7 +387,8 @@ class RealBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return cls(config=ImageConfig.of(height, width, skip_bad_files, ink), data_dir=data_dir)
 
     def _listing(self, dl_manager: tfds.download.DownloadManager) -> Listing:
-        raise NotImplementedError
+        """Every image under the dataset's root, found in the manual dir."""
+        return self.list_files(self.find_root(manual_dir(dl_manager)))
 
     def _after_listing(self, listing: Listing) -> None:
         """Hook for per-dataset checks and logs (duplicates, counts)."""

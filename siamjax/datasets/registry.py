@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from siamjax import catalog as catalog_lib
-from siamjax import synthetic
+from siamjax.datasets.synthetic import generator as synthetic
 from siamjax.errors import UserError
 
 if TYPE_CHECKING:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 
-import tensorflow_datasets as tfds
 from etils import epath
 
 from siamjax.datasets import real
@@ -88,6 +87,5 @@ class Builder(real.RealBuilder):
     HOMEPAGE = "https://cedar.buffalo.edu/NIJ/"
     BUILDER_CONFIGS = [real.ImageConfig.of(150, 220)]
     WHAT = "CEDAR"
-
-    def _listing(self, dl_manager: tfds.download.DownloadManager) -> real.Listing:
-        return list_files(find_root(real.manual_dir(dl_manager)))
+    find_root = staticmethod(find_root)
+    list_files = staticmethod(list_files)

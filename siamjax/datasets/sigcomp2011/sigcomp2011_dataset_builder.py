@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import re
 
-import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
@@ -111,9 +110,8 @@ class Builder(real.RealBuilder):
     HOMEPAGE = "https://www.kaggle.com/datasets/robinreni/signature-verification-dataset"
     BUILDER_CONFIGS = [real.ImageConfig.of(150, 220)]
     WHAT = "SigComp2011 sign_data"
-
-    def _listing(self, dl_manager: tfds.download.DownloadManager) -> real.Listing:
-        return list_files(find_root(real.manual_dir(dl_manager)))
+    find_root = staticmethod(find_root)
+    list_files = staticmethod(list_files)
 
     def _after_listing(self, listing: real.Listing) -> None:
         repeated, total = test_duplicates(listing)

@@ -1,4 +1,4 @@
-"""TFDS builder of the embedded procedural signatures (`siamjax.synthetic`): no download at all.
+"""TFDS builder of the embedded procedural signatures (`generator.py` beside it): no download.
 
 Each setting of the generator (`synthetic.Settings`: writers, samples, image size, seed) is its own
 BuilderConfig whose name encodes it, so different settings prepare into different folders of the
@@ -11,8 +11,8 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from siamjax import synthetic
 from siamjax.datasets import common
+from siamjax.datasets.synthetic import generator as synthetic
 
 
 @dataclasses.dataclass(kw_only=True)

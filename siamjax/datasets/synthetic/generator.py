@@ -2,8 +2,8 @@
 
 What it is for: tests, smoke runs and CPU-sized experiments that need genuine signatures, skilled
 forgeries and many writers, deterministically from a seed. What it is not: a stand-in for real
-scans when reporting results, and not a TFDS builder (that lives in `siamjax.datasets.synthetic`
-and only calls `render_dataset`). Pure numpy: no TensorFlow, no JAX.
+scans when reporting results, and not a TFDS builder (that is `synthetic_dataset_builder.py`
+beside it, which only calls `render_dataset`). Pure numpy: no TensorFlow, no JAX.
 
 The generative model, in signature units (1 = the writer's x-height, y up):
 
