@@ -9,6 +9,7 @@ data position), and continues exactly as an uninterrupted run would.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import functools
 import json
@@ -145,8 +146,8 @@ TrainMetrics = clu_metrics.Collection.create(
 def merge_steps(steps: list[clu_metrics.Collection]) -> clu_metrics.Collection:
     """The steps' metrics fetched in one transfer and merged on the host. Merging them on the
     device as they came is a few eager dispatches per step from the loop's thread, after the
-    step call (which XLA:CPU runs in that thread) has returned: in `bench/loop_overhead.py` the
-    loop kept 0.954 of the bare step's rate that way, 0.970 this way (small encoder, CPU)."""
+    step call (which XLA:CPU runs in that thread) has returned (`bench/loop_overhead.py`;
+    bench/README.md, "Host side")."""
     return functools.reduce(lambda a, b: a.merge(b), jax.device_get(steps))
 
 
@@ -181,9 +182,10 @@ def init_state_on_mesh(
 ) -> tuple[TrainState, jax.sharding.Sharding]:
     """Initialises the state directly on the mesh, replicated.
 
-    Parameters are drawn with the 'rbg' PRNG: XLA:CPU takes ~15 s to compile threefry for the
-    many initialiser shapes (2.5 s with rbg). The training RNG stays threefry (see train_step),
-    whose bits do not depend on how a computation is sharded.
+    Parameters are drawn with the 'rbg' PRNG: XLA:CPU compiles threefry for the many initialiser
+    shapes several times slower (bench/README.md, "Figures the code's comments rely on"). The
+    training RNG stays threefry (see train_step), whose bits do not depend on how a computation
+    is sharded.
     """
     sharding = state_sharding(mesh)
     init = jax.jit(
@@ -260,20 +262,198 @@ class _Progress(periodic_actions.ReportProgress):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) in `workdir`; returns the final summary (also in summary.json).
 
+    Setup (`_setup`), then the loop: a train step, then the periodic actions due at that step
+    (`_Run.actions`: log, validate, checkpoint), then the end (`_Run.finish`).
+
     Raises `Preempted` after checkpointing the current step on SIGTERM, `NonFiniteError` on a
     NaN/Inf step (unless config.skip_nonfinite_steps), `UserError` on bad input or storage.
     """
     # The stack closes what the run opens (the input thread) however the run ends.
     with faults.PreemptionWatcher() as preemption, contextlib.ExitStack() as resources:
-        return _train_and_evaluate(config, workdir, preemption, resources)
+        run = _setup(config, workdir, resources)
+        log, validate, save = run.actions()
+        for step in range(run.start + 1, run.num_steps + 1):
+            run.train_step(step)
+            stop = preemption.should_stop(step % config.log_every_steps == 0)
+            if not log(step):  # When due, it checks the flags, waits for the step, reports, logs.
+                run.report(step)  # Every step: it times the loop.
+            evaluated = validate(step)
+            if not save(step) and (evaluated or stop):  # A validated step is also saved.
+                run.save(step)
+            if stop and step != run.num_steps:
+                run.ckpt.close()
+                run.writer.flush()
+                raise Preempted(step, run.ckpt.directory)
+        return run.finish()
 
 
-def _train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    preemption: faults.PreemptionWatcher,
-    resources: contextlib.ExitStack,
-) -> dict[str, Any]:
+@dataclasses.dataclass
+class _Run:
+    """One training run: what `_setup` made, and what the loop keeps from step to step."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    data: Data
+    state: TrainState
+    step_fn: Any  # compile_train_step's.
+    batches: parallel.GlobalBatches
+    scorer: inference.Scorer
+    ckpt: checkpointing.Checkpointer
+    writer: Any  # clu metric writer.
+    report: _Progress
+    guard: faults.NonFiniteGuard
+    start: int
+    num_steps: int
+    t_start: float
+    # Where the loop's wall time goes. `input` is the time the loop waited for a batch that the
+    # input thread had not made yet: a stall of the device, near zero while the pipeline keeps
+    # ahead of the step.
+    spent: dict[str, float] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(
+            ("first_step_s", "input_s", "validation_s", "checkpoint_s"), 0.0
+        )
+    )
+    steps_metrics: list[Any] = dataclasses.field(default_factory=list)  # Since the last log.
+    val: dict[str, Any] = dataclasses.field(default_factory=dict)  # The last validation's.
+    validated_at: int | None = None
+    saved: int | None = None  # The newest step saved.
+
+    def actions(self) -> tuple[periodic_actions.PeriodicCallback, ...]:
+        """The periodic actions, each due every so many steps and at the last step: logging,
+        validation, checkpoints. Each returns whether it ran."""
+        cfg, last = self.config, [self.num_steps]
+
+        def every(steps: int, fn) -> periodic_actions.PeriodicCallback:
+            return periodic_actions.PeriodicCallback(
+                every_steps=steps, on_steps=last, callback_fn=lambda step, t: fn(step)
+            )
+
+        return (
+            every(cfg.log_every_steps, self.log),
+            every(cfg.eval_every_steps, self.validate),
+            every(cfg.checkpoint_every_steps, self.save),
+        )
+
+    def train_step(self, step: int) -> None:
+        with _timed(self.spent, "input_s", self.report):
+            batch = next(self.batches)
+        if step == self.start + 1:
+            # Compilation and one step, waited for: what a longer run amortises, kept apart from
+            # the steps' time so that the loop's sustained rate can be read off summary.json.
+            with _timed(self.spent, "first_step_s", self.report):
+                self.state, m = self.step_fn(self.state, batch)
+                jax.block_until_ready(m)
+        else:
+            self.state, m = self.step_fn(self.state, batch)
+        self.steps_metrics.append(self.guard.add(m)["train"])
+
+    def check_finite(self, step: int) -> None:
+        """guard.check; when it stops training, the good saves in flight finish first."""
+        _check_finite(self.guard, step, self.saved, self.ckpt, self.writer)
+
+    def log(self, step: int) -> None:
+        self.check_finite(step)
+        # Waits for the step: the report's rate is of finished steps.
+        means = merge_steps(self.steps_metrics).compute()
+        self.report(step)  # Reports on the same steps (every log_every_steps, and the last).
+        scalars = {"train_loss": float(means["loss"]), "train_accuracy": float(means["accuracy"])}
+        self.writer.write_scalars(step, scalars)
+        logging.info(
+            "step %d/%d: loss %.4f, accuracy %.3f | %.0f pairs/s",
+            step,
+            self.num_steps,
+            scalars["train_loss"],
+            scalars["train_accuracy"],
+            self.report.pairs_per_sec,
+        )
+        self.steps_metrics = []
+
+    def validate(self, step: int) -> None:
+        self.check_finite(step)  # A diverged model is stopped before it is validated.
+        with _timed(self.spent, "validation_s", self.report):
+            val = _validate(self.scorer, self.state, self.data)
+        self.val, self.validated_at = val, step
+        self.writer.write_scalars(
+            step,
+            {f"val_{k}": v for k, v in val.items() if isinstance(v, float) and np.isfinite(v)},
+        )
+        logging.info(
+            "step %d validation: EER %.2f%% (skilled), EER %.2f%% (random), "
+            "AUC %.4f, accuracy %.3f",
+            step,
+            100 * val["eer"],
+            100 * val["eer_random"],
+            val["auc"],
+            val["accuracy"],
+        )
+
+    def save(self, step: int) -> None:
+        """Checkpoints `step`, with the validation of this step when there was one."""
+        self.check_finite(step)
+        evaluated = self.validated_at == step
+        meta = {
+            "step": step,
+            "val_threshold": self.val.get("threshold") if evaluated else None,
+            "prior_positive": self.data.prior_positive,
+            "val_metrics": self.val if evaluated else None,
+            "model": workdir_lib.model_fingerprint(self.config),
+            "skipped_nonfinite_steps": self.guard.skipped,
+        }
+        with _timed(self.spent, "checkpoint_s", self.report):
+            self.ckpt.save(
+                step,
+                self.state,
+                metrics.jsonable(meta),
+                metrics={checkpointing.BEST_METRIC: self.val["eer"]} if evaluated else None,
+            )
+        self.saved = step
+
+    def finish(self) -> dict[str, Any]:
+        """Waits for the last save; writes summary.json; logs where the time went."""
+        with _timed(self.spent, "checkpoint_s", self.report):
+            self.ckpt.wait()
+        self.writer.flush()
+        best = self.ckpt.best_step()
+        spent, val = self.spent, self.val
+        wall = time.perf_counter() - self.t_start
+        spent["steps_s"] = wall - sum(spent.values())  # Dispatch and compute of the train steps.
+        summary = {
+            "final_step": self.num_steps,
+            "best_step": best,
+            "wall_seconds": wall,
+            "time_breakdown": spent,
+            "skipped_nonfinite_steps": self.guard.skipped,
+            "validation": metrics.jsonable(val),
+            "checkpoint_dir": self.ckpt.directory,
+        }
+        if jax.process_index() == 0 and val:
+            with open(os.path.join(self.workdir, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=1)
+        if val:
+            logging.info(
+                "done: %d steps in %s (first step and its compilation %.1f s, steps %.0f s, "
+                "input %.1f s, validation %.1f s, checkpoints %.1f s); final validation EER "
+                "%.2f%%; best checkpoint: step %s; checkpoints in %s",
+                self.num_steps,
+                datetime.timedelta(seconds=round(wall)),
+                spent["first_step_s"],
+                spent["steps_s"],
+                spent["input_s"],
+                spent["validation_s"],
+                spent["checkpoint_s"],
+                100 * val["eer"],
+                best,
+                self.ckpt.directory,
+            )
+        self.ckpt.close()
+        return summary
+
+
+def _setup(
+    config: ml_collections.ConfigDict, workdir: str, resources: contextlib.ExitStack
+) -> _Run:
+    """Everything before the first step: checks, data, state (fresh or resumed), the compiled
+    step, the input thread (entered into `resources`), checkpoints, writer, progress report."""
     parallel.maybe_initialize_distributed()
     losses.check_loss(config.loss, config.model.combine)
     workdir = os.path.abspath(workdir)
@@ -337,124 +517,23 @@ def _train_and_evaluate(
         pairs_per_step=config.batch_size,
     )
     report(start)  # Starts its clock (a first call never reports).
-    # Where the loop's wall time goes. `input` is the time the loop waited for a batch that the
-    # input thread had not made yet: a stall of the device, near zero while the pipeline keeps
-    # ahead of the step.
-    spent = {"first_step_s": 0.0, "input_s": 0.0, "validation_s": 0.0, "checkpoint_s": 0.0}
-    steps_metrics, val = [], {}
-    guard = faults.NonFiniteGuard(config.skip_nonfinite_steps, skipped_before)
-    saved = start or None
-    for step in range(start + 1, num_steps + 1):
-        with _timed(spent, "input_s", report):
-            batch = next(batches)
-        if step == start + 1:
-            # Compilation and one step, waited for: what a longer run amortises, kept apart from
-            # the steps' time so that the loop's sustained rate can be read off summary.json.
-            with _timed(spent, "first_step_s", report):
-                state, m = step_fn(state, batch)
-                jax.block_until_ready(m)
-        else:
-            state, m = step_fn(state, batch)
-        steps_metrics.append(guard.add(m)["train"])
-        last = step == num_steps
-        logged = step % config.log_every_steps == 0 or last
-        stop = preemption.should_stop(step % config.log_every_steps == 0)
-        evaluated = step % config.eval_every_steps == 0 or last
-        save = step % config.checkpoint_every_steps == 0 or last or evaluated or stop
-        if logged or save:
-            _check_finite(guard, step, saved, ckpt, writer)
-        if logged:
-            # Waits for the step: the report's rate is of finished steps.
-            means = merge_steps(steps_metrics).compute()
-        report(step)  # Reports on the same steps (every log_every_steps, and the last).
-        if logged:
-            scalars = {
-                "train_loss": float(means["loss"]),
-                "train_accuracy": float(means["accuracy"]),
-            }
-            writer.write_scalars(step, scalars)
-            logging.info(
-                "step %d/%d: loss %.4f, accuracy %.3f | %.0f pairs/s",
-                step,
-                num_steps,
-                scalars["train_loss"],
-                scalars["train_accuracy"],
-                report.pairs_per_sec,
-            )
-            steps_metrics = []
-        if evaluated:
-            with _timed(spent, "validation_s", report):
-                val = _validate(scorer, state, data)
-            writer.write_scalars(
-                step,
-                {f"val_{k}": v for k, v in val.items() if isinstance(v, float) and np.isfinite(v)},
-            )
-            logging.info(
-                "step %d validation: EER %.2f%% (skilled), EER %.2f%% (random), "
-                "AUC %.4f, accuracy %.3f",
-                step,
-                100 * val["eer"],
-                100 * val["eer_random"],
-                val["auc"],
-                val["accuracy"],
-            )
-        if save:
-            meta = {
-                "step": step,
-                "val_threshold": val.get("threshold") if evaluated else None,
-                "prior_positive": data.prior_positive,
-                "val_metrics": val if evaluated else None,
-                "model": workdir_lib.model_fingerprint(config),
-                "skipped_nonfinite_steps": guard.skipped,
-            }
-            with _timed(spent, "checkpoint_s", report):
-                ckpt.save(
-                    step,
-                    state,
-                    metrics.jsonable(meta),
-                    metrics={checkpointing.BEST_METRIC: val["eer"]} if evaluated else None,
-                )
-            saved = step
-        if stop and not last:
-            ckpt.close()
-            writer.flush()
-            raise Preempted(step, ckpt.directory)
-    with _timed(spent, "checkpoint_s", report):
-        ckpt.wait()
-    writer.flush()
-    best = ckpt.best_step()
-    wall = time.perf_counter() - t_start
-    spent["steps_s"] = wall - sum(spent.values())  # Dispatch and compute of the train steps.
-    summary = {
-        "final_step": num_steps,
-        "best_step": best,
-        "wall_seconds": wall,
-        "time_breakdown": spent,
-        "skipped_nonfinite_steps": guard.skipped,
-        "validation": metrics.jsonable(val),
-        "checkpoint_dir": ckpt.directory,
-    }
-    if jax.process_index() == 0 and val:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
-    if val:
-        logging.info(
-            "done: %d steps in %s (first step and its compilation %.1f s, steps %.0f s, "
-            "input %.1f s, validation %.1f s, checkpoints %.1f s); final validation EER "
-            "%.2f%%; best checkpoint: step %s; checkpoints in %s",
-            num_steps,
-            datetime.timedelta(seconds=round(wall)),
-            spent["first_step_s"],
-            spent["steps_s"],
-            spent["input_s"],
-            spent["validation_s"],
-            spent["checkpoint_s"],
-            100 * val["eer"],
-            best,
-            ckpt.directory,
-        )
-    ckpt.close()
-    return summary
+    return _Run(
+        config=config,
+        workdir=workdir,
+        data=data,
+        state=state,
+        step_fn=step_fn,
+        batches=batches,
+        scorer=scorer,
+        ckpt=ckpt,
+        writer=writer,
+        report=report,
+        guard=faults.NonFiniteGuard(config.skip_nonfinite_steps, skipped_before),
+        start=start,
+        num_steps=num_steps,
+        t_start=t_start,
+        saved=start or None,
+    )
 
 
 def _check_finite(
