@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.synthetic.forgeries_per_writer = 12  # Skilled forgeries per writer.
     c.synthetic.forgers_per_writer = 3  # Distinct forgers imitating each writer.
     c.synthetic.seed = 1234  # Generation seed: same seed, same images.
+    # 'tremor': forgers copy slowly and shakily (spotted from the forgery alone); 'skilled': the
+    # writer's shape kept with small errors and little hesitation, for pretraining comparison.
+    c.synthetic.forgery_style = "tremor"
 
     # Real datasets: options shared by the real builders (sigcomp2011, cedar, signature_folder).
     c.real = ml_collections.ConfigDict()
