@@ -48,7 +48,8 @@ def main(argv):
     from run import commit_info  # bench/run.py, beside this file.
 
     from siamjax import faults, models, parallel, train_lib
-    from siamjax.input_pipeline import Data, TrainData
+    from siamjax.data import Data
+    from siamjax.input_pipeline import TrainData
 
     cfg = FLAGS.config
     mesh = parallel.make_mesh()

@@ -874,8 +874,9 @@ def bench_eval_embed(ctx: Context):
 def bench_input_pipeline(ctx: Context):
     a = ctx.args
     ctx.hide_gpus_from_tensorflow()
+    from siamjax.data import Data
     from siamjax.datasets import registry
-    from siamjax.input_pipeline import Data, TrainData
+    from siamjax.input_pipeline import TrainData
 
     data_dir = real_data_dir()
     spec = a.pipeline_config or ("configs/sigcomp.py" if data_dir else "configs/synthetic.py")

@@ -7,12 +7,15 @@ pipeline gathers pairs from one in-memory array instead of decoding PNGs at ever
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import logging
 
 from siamjax.errors import UserError
+
+if TYPE_CHECKING:
+    import tensorflow_datasets as tfds
 
 
 @dataclasses.dataclass
@@ -45,6 +48,8 @@ def from_builder(
 ) -> Catalog:
     """Reads a prepared split into memory, sorted by path; with `dedupe`, keeps one copy of each
     image content (sha256), since a duplicated image would otherwise appear as its own partner."""
+    import tensorflow_datasets as tfds  # Here: holding a catalog needs no TensorFlow.
+
     if split not in builder.info.splits:
         raise UserError(
             f"dataset {builder.name} has no split {split!r}; it has {sorted(builder.info.splits)}."

@@ -150,3 +150,19 @@ def enrollment_means(
     )
     scores = scoring.probabilities(scorer.logits(variables, images, pairs)).reshape(len(sets), -1)
     return scores.mean(axis=1)[np.reshape(inverse, -1)]
+
+
+class TrialScores:
+    """A model's scores of trials over one set of images: the `score` (and `enrol`) of a
+    `siamjax.evaluation.TrialSet`."""
+
+    def __init__(self, scorer: Scorer, variables: Any, images: np.ndarray, fusion: str = "mean"):
+        self.scorer, self.variables, self.images, self.fusion = scorer, variables, images, fusion
+
+    def __call__(self, trials: pairs_lib.Trials) -> np.ndarray:
+        """[n] float64: `trial_scores`."""
+        return trial_scores(self.scorer, self.variables, self.images, trials, self.fusion)
+
+    def enrol(self, trials: pairs_lib.Trials) -> np.ndarray:
+        """[n] float64: `enrollment_means`."""
+        return enrollment_means(self.scorer, self.variables, self.images, trials)

@@ -1,5 +1,6 @@
-"""Data for training and evaluation: the dataset in memory, its protocol splits, and the tf.data
-pipeline: in-memory catalog + pairs -> fixed-shape uint8 pair batches, this process's rows.
+"""The tf.data pipeline of training: a dataset in memory (`siamjax.data.Data`) + its training pairs
+-> fixed-shape pair batches, this process's rows. tf.data only: what the splits, pairs and trials
+are is `siamjax.pairs` and `siamjax.data`, and evaluation never comes through here.
 
 Training batches are a pure function of (seed, step): epoch e uses the pairs drawn from (seed, e),
 in the order drawn, cut into `batch_size` batches (the remainder is dropped so every batch has the
@@ -9,110 +10,17 @@ batches, never images. Each process feeds its own contiguous rows of every globa
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from siamjax import pairs as pairs_lib
 from siamjax import parallel
-from siamjax.catalog import Catalog
-from siamjax.datasets import registry
-from siamjax.datasets.sigcomp2011 import kaggle
+from siamjax.data import Data
 from siamjax.errors import UserError
-
-
-class Data:
-    """The catalog, its writer-disjoint splits and the fixed evaluation pairs of a config.
-
-    With `config.split.method == 'kaggle_csv'` (SigComp2011 only) the splits and pairs are
-    Kaggle's own lists instead (`siamjax.datasets.sigcomp2011.kaggle`). Building it only computes;
-    `save` writes the evaluation pairs and splits into a workdir.
-    """
-
-    def __init__(self, config: ml_collections.ConfigDict):
-        # Fixed training pairs (kaggle_csv); None: pairs are drawn from the train split per epoch.
-        self.train_pairs: pairs_lib.Pairs | None = None
-        if config.split.method == "kaggle_csv":
-            protocol = kaggle.load(config)
-            self.catalog, self.train_pairs = protocol.catalog, protocol.train_pairs
-            self.eval_pairs, self.indices = protocol.eval_pairs, protocol.indices
-            self.splits = protocol.splits
-        else:
-            self._init_writer_disjoint(config)
-        cat = self.catalog
-        total = config.pairs.positive + config.pairs.skilled + config.pairs.random
-        # Share of positives among training pairs: the prior behind the model's scores.
-        self.prior_positive = (
-            float(config.pairs.positive / total)
-            if self.train_pairs is None
-            else float(np.mean(self.train_pairs.label))
-        )
-        if config.loss == "triplet":  # Calibrated on one genuine and one forged pair per triplet.
-            self.prior_positive = 0.5
-        logging.info("dataset: %s", cat.summary())
-        for name in pairs_lib.SPLITS:
-            idx = self.indices[name]
-            logging.info(
-                "split %-10s %3d writers, %4d genuine, %4d forged%s",
-                name,
-                len(self.splits[name]),
-                int(cat.is_genuine[idx].sum()),
-                int((~cat.is_genuine[idx]).sum()),
-                f", eval pairs {self.eval_pairs[name].counts()}" if name in self.eval_pairs else "",
-            )
-
-    def _init_writer_disjoint(self, config: ml_collections.ConfigDict) -> None:
-        self.catalog: Catalog = registry.load_catalog(config)
-        cat = self.catalog
-        # Several datasets: each is split by config.split on its own writers, and its evaluation
-        # pairs are drawn among its own images, exactly as when it is trained on alone, so that
-        # `--config.eval.dataset=<one of them>` evaluates the same writers and pairs.
-        names = registry.dataset_names(config)
-        owner = registry.dataset_of(cat.writer) if len(names) > 1 else np.full(len(cat), "")
-        per_part = [
-            pairs_lib.split_writers(cat.writer[owner == part], config.split, config.seed)
-            for part in np.unique(owner)
-        ]
-        self.splits = per_part[0]
-        for more in per_part[1:]:
-            self.splits = {k: sorted(v + more[k]) for k, v in self.splits.items()}
-        self.indices = pairs_lib.split_indices(cat.writer, self.splits)
-        pairs_lib.check_disjoint(cat.writer, cat.sha256, self.indices)
-        self.eval_pairs = {}
-        for split in ("validation", "test"):
-            parts = [
-                pairs_lib.eval_pairs(
-                    cat.writer,
-                    cat.is_genuine,
-                    self.indices[split][owner[self.indices[split]] == part],
-                    config.pairs,
-                    config.seed,
-                )
-                for part in np.unique(owner)
-                if np.any(owner[self.indices[split]] == part)
-            ]
-            if parts:
-                self.eval_pairs[split] = pairs_lib.concatenate(parts)
-
-    def save(self, workdir: str) -> None:
-        """Writes `workdir/pairs/<split>.json` (the fixed evaluation pairs, with source paths) and
-        `workdir/pairs/splits.json` (the writers of each split), so that every reported number
-        can be recomputed; only process 0 writes."""
-        if jax.process_index() != 0:
-            return
-        cat, folder = self.catalog, os.path.join(workdir, "pairs")
-        os.makedirs(folder, exist_ok=True)
-        for name, p in self.eval_pairs.items():
-            pairs_lib.save_pairs(os.path.join(folder, f"{name}.json"), p, cat.path, cat.writer)
-        with open(os.path.join(folder, "splits.json"), "w") as f:
-            json.dump(self.splits, f, indent=1)
-
 
 INDEX_KEYS = {"image_a": "index_a", "image_b": "index_b", "image_c": "index_c"}
 

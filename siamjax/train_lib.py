@@ -26,10 +26,20 @@ from clu import metric_writers, periodic_actions
 from clu import metrics as clu_metrics
 
 from siamjax import augment as augment_lib
-from siamjax import checkpointing, faults, inference, losses, metrics, models, parallel, scoring
+from siamjax import (
+    checkpointing,
+    evaluation,
+    faults,
+    inference,
+    losses,
+    metrics,
+    models,
+    parallel,
+)
 from siamjax import workdir as workdir_lib
+from siamjax.data import Data
 from siamjax.errors import NonFiniteError, Preempted, UserError
-from siamjax.input_pipeline import INDEX_KEYS, Data, TrainData
+from siamjax.input_pipeline import INDEX_KEYS, TrainData
 from siamjax.train_state import TrainState, create_train_state
 
 
@@ -220,17 +230,11 @@ def _num_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
 
 def _validate(scorer: inference.Scorer, state: TrainState, data: Data) -> dict[str, float]:
     """Metrics of the validation pairs at the threshold chosen on them (the one saved with the
-    checkpoint for eval.py and siamjax-verify)."""
-    pairs = data.eval_pairs["validation"]
+    checkpoint for eval.py and siamjax-verify): `siamjax.evaluation.evaluate`, as eval.py's."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    scores = scoring.probabilities(scorer.logits(variables, data.catalog.images, pairs))
-    return metrics.compute_metrics(
-        scores,
-        pairs.kind,
-        data.catalog.writer[pairs.a],
-        metrics.operating_threshold(scores, pairs.kind),
-        data.prior_positive,
-    )
+    scores = inference.TrialScores(scorer, variables, data.catalog.images)
+    validation = evaluation.TrialSet(data.trials("validation"), data.catalog.writer, scores)
+    return evaluation.evaluate(validation, data.prior_positive).metrics
 
 
 class _Progress(periodic_actions.ReportProgress):

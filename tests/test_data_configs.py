@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from configs import bhsig260, sigcomp, synthetic
-from siamjax.input_pipeline import Data
+from siamjax.data import Data
 
 
 def _scan(path, seed):

@@ -10,7 +10,7 @@ import pytest
 from configs import synthetic
 from siamjax import eval_lib, inference, models, pairs, parallel
 from siamjax import workdir as workdir_lib
-from siamjax.input_pipeline import Data
+from siamjax.data import Data
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from siamjax import models, parallel, train_lib
-from siamjax.input_pipeline import INDEX_KEYS, Data, TrainData
+from siamjax.data import Data
+from siamjax.input_pipeline import INDEX_KEYS, TrainData
 
 
 @pytest.fixture(scope="module")

@@ -181,7 +181,8 @@ def test_the_metric_losses_refuse_a_head_that_does_not_score_distances(tmp_path)
 
 
 def test_train_data_batches_triplets_only_for_the_triplet_loss(tfds_dir):
-    from siamjax.input_pipeline import Data, TrainData
+    from siamjax.data import Data
+    from siamjax.input_pipeline import TrainData
 
     cfg = _cfg("triplet")
     cfg.tfds_data_dir = tfds_dir

@@ -7,15 +7,21 @@ plus its folder.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import logging
 
 from siamjax import catalog as catalog_lib
 from siamjax import synthetic
 from siamjax.errors import UserError
+
+if TYPE_CHECKING:
+    import tensorflow_datasets as tfds
+
+# TFDS (and TensorFlow) are imported when a dataset is built, with the one builder the config
+# names: importing this module loads neither.
 
 DATASETS = ("synthetic", "sigcomp2011", "cedar", "signature_folder")
 # `config.dataset` may name several datasets joined by this, e.g. "cedar+sigcomp2011": they are
@@ -101,7 +107,7 @@ def make_builder(config: ml_collections.ConfigDict) -> tuple[tfds.core.DatasetBu
         return synth.make_builder(synthetic_settings(config), data_dir=out), None
     skip, ink = bool(config.real.skip_bad_files), str(config.real.ink)
     if config.dataset == "sigcomp2011":
-        from siamjax.datasets import sigcomp2011
+        from siamjax.datasets.sigcomp2011 import sigcomp2011_dataset_builder as sigcomp2011
 
         builder = sigcomp2011.Builder.for_size(h, w, data_dir=out, skip_bad_files=skip, ink=ink)
         return builder, raw_data_dir(config)
@@ -138,6 +144,8 @@ def make_builder(config: ml_collections.ConfigDict) -> tuple[tfds.core.DatasetBu
 def prepare(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     """Builds the dataset once (offline, explicit data dir); later calls find it prepared. With
     several datasets named, prepares each and returns the last's builder."""
+    import tensorflow_datasets as tfds
+
     names = dataset_names(config)
     if len(names) > 1:
         return [prepare(single(config, n)) for n in names][-1]

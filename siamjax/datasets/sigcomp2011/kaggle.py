@@ -3,7 +3,7 @@
 `train_data.csv` trains (its last 10% of rows validate) and `test_data.csv` tests. The lists share
 writers and images between train and test, so their numbers are comparable only with published
 Kaggle results, never a measure of verification on unseen writers. Selected by
-`config.split.method='kaggle_csv'`; `siamjax.input_pipeline.Data` takes the result as it is.
+`config.split.method='kaggle_csv'`; `siamjax.data.Data` takes the result as it is.
 Not for the dataset itself (`sigcomp2011_dataset_builder.py`) nor for pair sampling
 (`siamjax.pairs`).
 """
@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
 
 from siamjax import catalog as catalog_lib
 from siamjax import pairs as pairs_lib
-from siamjax.datasets import registry
 from siamjax.datasets.sigcomp2011 import sigcomp2011_dataset_builder as builder_lib
 from siamjax.errors import UserError
 
@@ -75,19 +73,17 @@ class Protocol:
     splits: dict[str, list[str]]  # Writers of each split (they overlap: the lists leak).
 
 
-def load(config: ml_collections.ConfigDict) -> Protocol:
-    """The prepared SigComp2011 dataset with Kaggle's pair lists as train / validation / test."""
-    if config.dataset != "sigcomp2011":
-        raise UserError("config.split.method='kaggle_csv' needs config.dataset='sigcomp2011'.")
+def load(builder: builder_lib.Builder, raw_data_dir: str) -> Protocol:
+    """The prepared SigComp2011 dataset (`builder`, prepared from the sign_data folder found under
+    `raw_data_dir`) with Kaggle's pair lists as train / validation / test."""
     logging.warning(
         "split 'kaggle_csv': Kaggle's pair lists share writers and images between "
         "train and test; the numbers overstate verification of unseen writers."
     )
-    builder = registry.prepare(config)
     parts = [catalog_lib.from_builder(builder, s, dedupe=False) for s in ("train", "test")]
     cat = catalog_lib.concatenate(parts)
     where = {p: i for i, p in enumerate(cat.path)}
-    root = builder_lib.find_root(registry.raw_data_dir(config))
+    root = builder_lib.find_root(raw_data_dir)
 
     def as_pairs(rows: list[KagglePair]) -> pairs_lib.Pairs:
         missing = [r.path2 for r in rows if r.path1 not in where or r.path2 not in where]
