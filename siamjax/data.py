@@ -109,14 +109,17 @@ class Data:
         with open(os.path.join(folder, "splits.json"), "w") as f:
             json.dump(self.splits, f, indent=1)
 
-    def trials(self, split: str, references: int = 1, seed: int = 0) -> pairs_lib.Trials:
+    def trials(
+        self, split: str, references: int = 1, seed: int = 0, allow_fewer_writers: bool = False
+    ) -> pairs_lib.Trials:
         """The split's fixed pairs (references == 1) or, each writer's K references drawn by
-        `seed`, its K-reference trials."""
+        `seed`, its K-reference trials (`pairs.reference_trials`: writers with fewer than K + 1
+        genuine signatures are an error unless `allow_fewer_writers`)."""
         if references == 1:
             return pairs_lib.pairs_as_trials(self.eval_pairs[split])
         cat = self.catalog
         return pairs_lib.reference_trials(
-            cat.writer, cat.is_genuine, self.indices[split], references, seed
+            cat.writer, cat.is_genuine, self.indices[split], references, seed, allow_fewer_writers
         )
 
 
