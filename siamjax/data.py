@@ -28,7 +28,7 @@ class Data:
 
     With `config.split.method == 'kaggle_csv'` (SigComp2011 only) the splits and pairs are
     Kaggle's own lists instead (`siamjax.datasets.sigcomp2011.kaggle`). Building it only computes;
-    `save` writes the evaluation pairs and splits into a workdir.
+    `save` writes the evaluation pairs and splits into a workdir; `trials` gives a split's trials.
     """
 
     def __init__(self, config: ml_collections.ConfigDict):
