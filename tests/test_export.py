@@ -137,9 +137,7 @@ def _assert_same(onnx_d: dict, jax_d: dict, tol: float) -> float:
 
 def test_onnx_decides_as_the_verifier_on_synthetic_scans(verifier, onnx_verifier, scans):
     for refs, q in (([scans[0]], scans[1]), (scans[:3], scans[3]), ([scans[3]], scans[4])):
-        _assert_same(
-            onnx_verifier.verify(refs, q), verifier.verify(refs, q).to_json(), tol=1e-6
-        )
+        _assert_same(onnx_verifier.verify(refs, q), verifier.verify(refs, q).to_json(), tol=1e-6)
 
 
 @pytest.mark.realdata
