@@ -165,7 +165,13 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "checkpoint_step": verifier.step, "model_calls": engine.model_calls}
+        return {
+            "status": "ok",
+            "checkpoint_step": verifier.step,
+            "model_calls": engine.model_calls,
+            "embed_batches": engine.embed_batches,
+            "embedded_images": engine.embedded_images,
+        }
 
     @app.get("/api/model")
     async def model() -> dict[str, Any]:

@@ -65,7 +65,9 @@ class Engine:
         self._thread.start()
         # Preprocessing holds a decoded page (up to 100 megapixels as float32) per call.
         self._preprocess_limiter = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
-        self.model_calls = 0  # Batches run by the model thread (for tests and /healthz).
+        self.model_calls = 0  # Calls run by the model thread (for /healthz and benchmarks),
+        self.embed_batches = 0  # of which encoder batches,
+        self.embedded_images = 0  # holding this many images.
 
     def close(self) -> None:
         self._queue.put(None)
@@ -143,6 +145,8 @@ class Engine:
                 batch.append(nxt)
                 count += len(nxt[1])
             images = np.concatenate([b[1] for b in batch])
+            self.embed_batches += 1
+            self.embedded_images += len(images)
             sizes = np.cumsum([len(b[1]) for b in batch])[:-1]
             self._run(
                 lambda images=images, sizes=sizes: np.split(
