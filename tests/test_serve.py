@@ -163,6 +163,12 @@ def test_enrol_list_verify_delete(client, engine, files):
         assert r.status_code == 200, r.text
         refs = [files["a0"], files["a1"], files["a2"]]
         _same_decision(r.json(), engine.verifier.verify(refs, files[q]))
+    odd = client.post(  # Any printable name, a slash included, round-trips through the URL.
+        "/api/writers", data={"writer": "a/b é"}, files=[_part("reference", files["a0"])]
+    )
+    assert odd.status_code == 200
+    assert client.get("/api/writers/a%2Fb%20%C3%A9").json()["writer"] == "a/b é"
+    assert client.delete("/api/writers/a%2Fb%20%C3%A9").status_code == 200
     assert client.delete("/api/writers/alice").json() == {"deleted": "alice", "references": 3}
     r = client.post(
         "/api/verify", data={"writer": "alice"}, files=[_part("questioned", files["a3"])]

@@ -238,7 +238,7 @@ def create_app(
     async def writers() -> dict[str, Any]:
         return {"writers": store.writers()}
 
-    @app.get("/api/writers/{writer}")
+    @app.get("/api/writers/{writer:path}")
     async def writer_detail(writer: str) -> dict[str, Any]:
         refs = await anyio.to_thread.run_sync(store.references, writer)
         return {
@@ -249,7 +249,7 @@ def create_app(
             ],
         }
 
-    @app.delete("/api/writers/{writer}")
+    @app.delete("/api/writers/{writer:path}")
     async def delete_writer(writer: str) -> dict[str, Any]:
         n = await anyio.to_thread.run_sync(store.delete, writer)
         return {"deleted": writer, "references": n}
