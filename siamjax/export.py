@@ -113,30 +113,15 @@ def _to_onnx(fn, specs, names_in, names_out, model_name, jax2onnx, onnx):
     return proto
 
 
-def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None = None) -> dict:
-    """Exports the best checkpoint (or `step`) of `workdir` into the folder `out`; returns the
-    contract (what model.json holds). The files appear together or not at all: each is written
-    beside its place and renamed there only once every check passed."""
+def onnx_graphs(model, variables: Any, height: int, width: int, dim: int) -> tuple[Any, Any]:
+    """The encoder's and the head's ONNX ModelProtos of a SiameseNet with `variables` (numpy,
+    baked in as initialisers), for any batch size."""
     import jax
     import jax.numpy as jnp
 
-    from siamjax import models
     from siamjax.models import SiameseNet
-    from siamjax.verify.lib import Verifier, config_fusion, load_config
 
-    jax2onnx, onnx, ort = _import_export_stack()
-    out = os.path.abspath(os.fspath(out))
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out {out} is a file; pass a folder (it is created if missing).")
-    config = load_config(workdir)
-    verifier = Verifier(workdir, step=step, fusion=config_fusion(config)).load()
-    variables = jax.device_get(verifier.variables)  # Baked into the graphs as initialisers.
-    model_config = config.model.copy_and_resolve_references()
-    model_config.conv_impl = "xla"  # Plain convolutions; the choice never changes the model.
-    model = models.create_model(model_config)
-    height, width = verifier.height, verifier.width
-    dim = int(model_config.embedding_dim)
-
+    jax2onnx, onnx, _ = _import_export_stack()
     (batch,) = jax.export.symbolic_shape("batch")
     encoder = _to_onnx(
         lambda x: model.apply(variables, x, method=SiameseNet.embed),
@@ -156,6 +141,32 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None 
         jax2onnx,
         onnx,
     )
+    return encoder, head
+
+
+def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None = None) -> dict:
+    """Exports the best checkpoint (or `step`) of `workdir` into the folder `out`; returns the
+    contract (what model.json holds). The files appear together or not at all: each is written
+    beside its place and renamed there only once every check passed."""
+    import jax
+
+    from siamjax import models
+    from siamjax.verify.lib import Verifier, config_fusion, load_config
+
+    _, _, ort = _import_export_stack()
+    out = os.path.abspath(os.fspath(out))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file; pass a folder (it is created if missing).")
+    config = load_config(workdir)
+    verifier = Verifier(workdir, step=step, fusion=config_fusion(config)).load()
+    variables = jax.device_get(verifier.variables)  # Baked into the graphs as initialisers.
+    model_config = config.model.copy_and_resolve_references()
+    model_config.conv_impl = "xla"  # Plain convolutions; the choice never changes the model.
+    model = models.create_model(model_config)
+    height, width = verifier.height, verifier.width
+    dim = int(model_config.embedding_dim)
+
+    encoder, head = onnx_graphs(model, variables, height, width, dim)
     check = _check(verifier, encoder, head, ort)
     contract = {
         "format": CONTRACT_FORMAT,

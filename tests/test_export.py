@@ -110,6 +110,36 @@ def test_contract_describes_the_checkpoint(exported, verifier):
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [h, w, 1]  # Any batch.
 
 
+@pytest.mark.parametrize("encoder, size", [("vgg", (32, 48)), ("signet", (100, 130))])
+def test_every_encoder_converts(encoder, size):
+    """The encoders the tiny workdir (`small`) does not cover: max pools, a patchify stem,
+    SigNet's padded, biased convs and 2048-wide dense layers. Randomly initialised at a small
+    input size, onnxruntime and JAX agree."""
+    import jax
+    import onnxruntime as ort
+
+    from configs import default
+    from siamjax import export, models
+    from siamjax.models import SiameseNet
+
+    cfg = default.get_config().model
+    cfg.encoder, cfg.small_width, cfg.embedding_dim, cfg.conv_impl = encoder, 4, 16, "xla"
+    cfg.vgg_stem = 2 if encoder == "vgg" else 1
+    model = models.create_model(cfg)
+    h, w = size
+    x = np.random.default_rng(0).integers(0, 256, (3, h, w, 1), dtype=np.uint8)
+    variables = jax.device_get(model.init(jax.random.key(0), x, x, train=False))
+    enc, head = export.onnx_graphs(model, variables, h, w, 16)
+    e_onnx = ort.InferenceSession(enc.SerializeToString()).run(None, {"images": x})[0]
+    e_jax = np.asarray(model.apply(variables, x, method=SiameseNet.embed))
+    np.testing.assert_allclose(e_onnx, e_jax, atol=1e-4 * max(1.0, np.abs(e_jax).max()))
+    l_onnx = ort.InferenceSession(head.SerializeToString()).run(
+        None, {"e1": e_jax, "e2": e_jax[::-1].copy()}
+    )[0]
+    l_jax = np.asarray(model.apply(variables, e_jax, e_jax[::-1], method=SiameseNet.score))
+    np.testing.assert_allclose(l_onnx, l_jax, atol=1e-5)
+
+
 def test_preprocessing_settings_carry_every_key_the_config_has():
     from siamjax import export
 
