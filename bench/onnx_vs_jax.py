@@ -84,6 +84,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=15, help="alternated rounds of each case")
     p.add_argument("--reps", type=int, default=20, help="pair decisions timed per round")
     p.add_argument("--process_rounds", type=int, default=3)
+    p.add_argument("--note", default="", help="copied into the line (e.g. what else ran)")
     args = p.parse_args()
 
     from run import commit_info, machine_info  # bench/run.py, beside this file.
@@ -153,6 +154,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in {**rounds, **process}.items()}
     line = {
         "benchmark": "onnx_vs_jax",
+        "note": args.note,
         "workdir": os.path.abspath(args.workdir),
         "model": config.model.to_dict(),
         "input": [jax_v.height, jax_v.width],

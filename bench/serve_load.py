@@ -116,6 +116,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--references", type=int, default=2)
     p.add_argument("--warmup", type=int, default=8)
+    p.add_argument("--note", default="", help="copied into the line (e.g. what else ran)")
     args = p.parse_args()
 
     import httpx
@@ -166,6 +167,7 @@ def main() -> None:
         r.raise_for_status()
         common = {
             "benchmark": "serve_load",
+            "note": args.note,
             "workdir": os.path.abspath(args.workdir),
             "images": source,
             "references": k,

@@ -4,10 +4,8 @@ and a forged scan, read the decisions off the page, and compare them with siamja
 
 Uses real scans where $SIAMJAX_DATA_DIR has them, else synthetic ones. The page's screenshot goes
 to $SIAMJAX_SERVE_SCREENSHOT when set (the README's docs/serve.png), and $SIAMJAX_SERVE_WORKDIR
-serves another workdir than the session's tiny one (for that screenshot):
-
-    SIAMJAX_SERVE_WORKDIR=W SIAMJAX_SERVE_SCREENSHOT=docs/serve.png \\
-        python -m pytest -n 0 tests/test_serve_browser.py
+serves another workdir than the session's tiny one and $SIAMJAX_SERVE_SCANS other scans (for
+that screenshot; README.md has the command).
 """
 
 from __future__ import annotations
@@ -55,7 +53,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory) -> dict[str, list[str]]:
-    """{"references": two genuine scans, "genuine": another, "forged": a skilled forgery}."""
+    """{"references": two genuine scans, "genuine": another, "forged": a skilled forgery};
+    $SIAMJAX_SERVE_SCANS (four paths, comma-separated, in that order) chooses them."""
+    chosen = os.environ.get("SIAMJAX_SERVE_SCANS")
+    if chosen:
+        ref1, ref2, genuine, forged = chosen.split(",")
+        return {"references": [ref1, ref2], "genuine": [genuine], "forged": [forged]}
     root = pathlib.Path(os.environ.get("SIAMJAX_DATA_DIR", "/nonexistent"), "originals")
     genuine_dir, forged_dir = root / "sigcomp2011/train/001", root / "sigcomp2011/train/001_forg"
     if genuine_dir.is_dir() and forged_dir.is_dir():
@@ -147,15 +150,15 @@ def test_enrol_and_verify_in_a_real_browser(server, browser_page, scans, workdir
     page.goto(server + "/")
     page.wait_for_selector("#model-info:has-text('checkpoint step')")
 
-    page.fill("#enrol-writer", "writer 001")
+    page.fill("#enrol-writer", "writer A")
     page.set_input_files("#enrol-files", scans["references"])
     page.wait_for_function("document.querySelectorAll('#enrol-previews img').length === 2")
     page.wait_for_function(
         "[...document.querySelectorAll('#enrol-previews img')].every(i => i.naturalWidth > 0)"
     )
     page.click("#enrol-button")
-    page.wait_for_selector("#enrol-status:has-text('Enrolled writer 001: 2 added')")
-    assert page.inner_text("#writers tr[data-writer='writer 001'] td:nth-child(2)") == "2"
+    page.wait_for_selector("#enrol-status:has-text('Enrolled writer A: 2 added')")
+    assert page.inner_text("#writers tr[data-writer='writer A'] td:nth-child(2)") == "2"
 
     config = verify.load_config(workdir)
     verifier = verify.Verifier(workdir, fusion=verify.config_fusion(config))
@@ -163,7 +166,7 @@ def test_enrol_and_verify_in_a_real_browser(server, browser_page, scans, workdir
     for i, kind in enumerate(("genuine", "forged")):
         page.set_input_files("#questioned-file", scans[kind])
         page.wait_for_selector("#questioned-previews img")
-        page.select_option("#verify-writer", "writer 001")
+        page.select_option("#verify-writer", "writer A")
         page.click("#verify-button")
         page.wait_for_function(f"document.querySelectorAll('#history li').length === {i + 1}")
         decision = page.inner_text("#decision").strip().lower()
