@@ -109,7 +109,7 @@ def score(enrollment: Enrollment, questioned: np.ndarray, pair_logits: PairLogit
     refs = np.repeat(enrollment.references[None], n, axis=0).reshape(n * k, -1)
     logits = np.asarray(pair_logits(refs, np.repeat(q, k, axis=0)), np.float32).reshape(n, k)
     if enrollment.method == "none":
-        probs = np.asarray(scipy.special.expit(logits), np.float64)  # As inference.probabilities.
+        probs = np.asarray(scipy.special.expit(logits), np.float64)  # As scoring.probabilities.
         return scoring.fuse_scores(probs, enrollment.fusion) if k > 1 else probs[:, 0]
     # 'znorm' fuses in logits, where standardising is exact: a head that adds a constant to
     # every logit, or scales them all, gives the same scores.
