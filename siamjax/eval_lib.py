@@ -150,6 +150,17 @@ def run_evaluation(
             )
         )
     out_dir = eval_dir(config, workdir, split)
+    if jax.process_index() == 0 and method != "none":
+        # What siamjax-verify and the service need to enrol the same way at this threshold.
+        enrollment.save_calibration(
+            workdir,
+            method,
+            k,
+            threshold=result.threshold,
+            step=checkpoint_step,
+            fusion=config.eval.fusion,
+            negatives=target.score.negatives,
+        )
     if jax.process_index() == 0:
         report.write_outputs(
             out_dir,

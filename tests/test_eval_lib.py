@@ -148,3 +148,37 @@ def test_ink_controls_need_no_checkpoint(trained, tmp_path, scorer):
     doc = json.load(open(tmp_path / "eval" / "test" / "metrics.json"))
     assert doc["scorer"] == scorer and doc["checkpoint_step"] == 0
     assert 0.0 <= metrics["eer"] <= 1.0 and "swap_flip_rate" not in doc["metrics"]
+
+
+@pytest.mark.parametrize("method", ["znorm", "svm"])
+def test_the_verifier_enrols_as_eval_does(trained, method):
+    """eval.py stores the enrolment's validation threshold (and svm's negatives); the Verifier
+    then scores a writer's K references and a questioned signature as eval.py scored that trial."""
+    from siamjax import enrollment, verify
+
+    cfg, workdir = trained
+    cfg.eval.references, cfg.eval.enrollment = 2, method
+    eval_lib.run_evaluation(cfg, workdir, "test")
+    with open(enrollment.calibration_path(workdir, method, 2)) as f:
+        calibration = json.load(f)
+    data = Data(cfg)
+    trials = data.trials("test", 2, seed=0)
+    v = verify.Verifier(workdir, fusion=cfg.eval.fusion, enrollment=method).load()
+    assert calibration["step"] == v.step
+    mesh = parallel.make_mesh()
+    restored = workdir_lib.restore(cfg, workdir, None, mesh)
+    scorer = inference.Scorer(restored.model, mesh, cfg.eval_batch_size)
+    train = data.indices["train"]
+    negatives = train[data.catalog.is_genuine[train]] if method == "svm" else None
+    images = data.catalog.images
+    expected = inference.EnrolledScores(
+        scorer, restored.variables, images, method, cfg.eval.fusion, negatives
+    )(trials)
+    for i in (0, len(trials) // 2, len(trials) - 1):
+        refs, q = trials.references[i], trials.questioned[i]
+        emb = v.embed_images(images[[*refs, q]])
+        d = v.decide_embeddings(emb[:2], emb[2], ["r1", "r2"], "q")
+        assert d.enrollment == method and d.threshold == pytest.approx(calibration["threshold"])
+        assert d.score == pytest.approx(expected[i], abs=1e-5)  # float32 embeddings, same maths.
+    with pytest.raises(UserError, match="no calibrated threshold"):
+        v.decide_embeddings(emb, emb[2], ["r1", "r2", "q"], "q")

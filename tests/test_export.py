@@ -92,7 +92,7 @@ def test_contract_describes_the_checkpoint(exported, verifier):
     assert json.load(open(os.path.join(out, "model.json"))) == contract
     cfg = verify.load_config(workdir)
     h, w = cfg.image_height, cfg.image_width
-    assert contract["preprocessing"] == {"image_height": h, "image_width": w}
+    assert contract["preprocessing"] == {"image_height": h, "image_width": w, "real.ink": "raw"}
     assert contract["input"]["height"] == h and contract["input"]["dtype"] == "uint8"
     assert contract["threshold"] == verifier.threshold
     assert contract["threshold_source"] == "calibrated on validation"
@@ -230,9 +230,13 @@ def test_example_refuses_what_it_cannot_apply(exported, tmp_path, scans):
     model = tmp_path / "model"
     shutil.copytree(exported[1], model)
     contract = json.loads((model / "model.json").read_text())
-    contract["preprocessing"]["real.ink"] = "binary"
+    contract["preprocessing"]["real.ink"] = "binary"  # Applied: the input becomes binary.
     (model / "model.json").write_text(json.dumps(contract))
-    with pytest.raises(UserError, match="real.ink='binary'"):
+    binary = example.OnnxVerifier(model).preprocess(scans[0])
+    assert set(np.unique(binary)) == {0, 255}
+    contract["preprocessing"]["real.denoise"] = True  # A setting it does not know: refused.
+    (model / "model.json").write_text(json.dumps(contract))
+    with pytest.raises(UserError, match="real.denoise=True"):
         example.OnnxVerifier(model)
     (model / "model.json").write_text("{")
     with pytest.raises(UserError, match="model.json"):

@@ -21,6 +21,7 @@ from siamjax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DECISION_KEYS = {
+    "enrollment",
     "questioned",
     "references",
     "reference_scores",

@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"every API call must carry 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV}); "
         "required to listen on anything but loopback",
     )
+    p.add_argument(
+        "--enrollment",
+        default=None,
+        help="writer enrolment (none, znorm, svm; default: the workdir's config.eval.enrollment); "
+        "other than none it needs eval.py's calibration for it (see siamjax-verify --help)",
+    )
     p.add_argument("--verbose", action="store_true", help="keep JAX/orbax log messages")
     return p
 
@@ -101,7 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         config = load_config(args.workdir)
-        engine = Engine(Verifier(args.workdir, step=args.step, fusion=config_fusion(config)))
+        engine = Engine(
+            Verifier(
+                args.workdir,
+                step=args.step,
+                fusion=config_fusion(config),
+                enrollment=args.enrollment,
+            )
+        )
         db = args.db or os.path.join(args.workdir, DB_NAME)
         store = Store(db, engine.identity)
     except UserError as e:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from siamjax import enrollment as enrollment_lib
 from siamjax import scoring
 from siamjax import workdir as workdir_lib
 from siamjax.errors import UserError, one_line
@@ -23,6 +24,7 @@ from siamjax.verify.records import FORGED, GENUINE, Decision, Failure, Pair, dis
 from siamjax.workdir import ink_of, load_config
 
 FUSIONS = scoring.FUSE_METHODS
+ENROLLMENTS = enrollment_lib.METHODS
 # Images per jitted embedding call (rounded up to a multiple of the devices). Small, because a
 # typical call has a handful of files; a CSV of thousands still runs at a useful batch size.
 DEFAULT_BATCH_SIZE = 32
@@ -53,6 +55,7 @@ class Verifier:
         step: int | None = None,
         threshold: float | None = None,
         fusion: str = "mean",
+        enrollment: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         workers: int | None = None,
     ):
@@ -65,6 +68,15 @@ class Verifier:
         self.height, self.width = int(self.config.image_height), int(self.config.image_width)
         self.ink = ink_of(self.config)
         self.fusion = fusion
+        # Writer enrolment (siamjax.enrollment): given, else the workdir's config.eval.enrollment.
+        self.enrollment = enrollment or str(
+            (self.config.get("eval") or {}).get("enrollment", "none")
+        )
+        if self.enrollment not in ENROLLMENTS:
+            raise UserError(
+                f"--enrollment {self.enrollment!r} is unknown; use one of {', '.join(ENROLLMENTS)}."
+            )
+        self._calibrations: dict[int, tuple[dict, Any]] = {}  # K -> (calibration, negatives).
         self._requested_step, self._threshold_override = step, threshold
         self._batch_size = batch_size
         self._workers = workers or min(8, os.cpu_count() or 1)
@@ -249,12 +261,22 @@ class Verifier:
             if results[i] is not None:
                 continue
             k = len(pair.references)
-            results[i] = self._decision(
-                scores[start : start + k],
-                display_path(pair.questioned),
-                tuple(display_path(r) for r in pair.references),
-                pair.id,
-            )
+            embedded = None
+            if self.enrollment != "none":
+                embedded = (
+                    np.stack([self._embeddings[os.path.abspath(r)] for r in pair.references]),
+                    self._embeddings[os.path.abspath(pair.questioned)],
+                )
+            try:
+                results[i] = self._decision(
+                    scores[start : start + k],
+                    display_path(pair.questioned),
+                    tuple(display_path(r) for r in pair.references),
+                    pair.id,
+                    embedded,
+                )
+            except UserError as e:  # No calibration for this K: that pair fails, the rest go on.
+                results[i] = Failure(pair.id, one_line(str(e)))
             start += k
         return results  # type: ignore[return-value]
 
@@ -276,14 +298,48 @@ class Verifier:
         e_q = np.repeat(np.asarray(questioned, np.float32)[None], len(references), axis=0)
         logits = self._scorer.score_embeddings(self._variables, references, e_q)
         return self._decision(
-            scoring.probabilities(logits), questioned_name, tuple(reference_names), id
+            scoring.probabilities(logits),
+            questioned_name,
+            tuple(reference_names),
+            id,
+            (references, np.asarray(questioned, np.float32)),
         )
 
+    def _enrolled(self, references: np.ndarray, questioned: np.ndarray) -> tuple[float, float]:
+        """(score, threshold) of a questioned embedding [D] against references [K, D] through
+        `self.enrollment`, at the threshold eval.py chose on validation for it and K."""
+        k = len(references)
+        if k not in self._calibrations:
+            self._calibrations[k] = enrollment_lib.load_calibration(
+                self.workdir, self.enrollment, k, self.step
+            )
+        calibration, negatives = self._calibrations[k]
+
+        def pair_logits(e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
+            return self._scorer.score_embeddings(self._variables, e1, e2)
+
+        enrolled = enrollment_lib.enroll(
+            self.enrollment, references, pair_logits, fusion=self.fusion, negatives=negatives
+        )
+        score = float(enrollment_lib.score(enrolled, questioned[None], pair_logits)[0])
+        threshold = self._threshold_override
+        return score, float(calibration["threshold"] if threshold is None else threshold)
+
     def _decision(
-        self, per_ref: np.ndarray, questioned: str, references: tuple[str, ...], id: str
+        self,
+        per_ref: np.ndarray,
+        questioned: str,
+        references: tuple[str, ...],
+        id: str,
+        embedded: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Decision:
-        """The K reference scores [K] of one questioned file, fused, with its llr and decision."""
-        fused = float(scoring.fuse_scores(per_ref[None, :], self.fusion)[0])
+        """The K reference scores [K] of one questioned file, fused (or, with a writer enrolment,
+        its score from `embedded`: references [K, D], questioned [D]), with llr and decision."""
+        threshold = self.threshold
+        if self.enrollment == "none":
+            fused = float(scoring.fuse_scores(per_ref[None, :], self.fusion)[0])
+        else:
+            fused, threshold = self._enrolled(*embedded)
         llr = float(scoring.llr(np.array([fused]), self.prior_positive)[0])
         return Decision(
             id=id,
@@ -294,7 +350,8 @@ class Verifier:
             score=fused,
             llr=llr,
             prior_positive=self.prior_positive,
-            threshold=self.threshold,
-            decision=GENUINE if fused >= self.threshold else FORGED,
+            threshold=threshold,
+            decision=GENUINE if fused >= threshold else FORGED,
             checkpoint_step=self.step,
+            enrollment=self.enrollment,
         )
