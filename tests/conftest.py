@@ -42,15 +42,25 @@ def tfds_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_config(tfds_dir) -> Callable[..., ml_collections.ConfigDict]:
-    """Makes `configs/synthetic.py:tiny` configs on the session's TFDS dir:
-    `tiny_config(num_train_steps=8, ...)` sets top-level keys (steps, cadences, tfds_data_dir)."""
+    """Makes `configs/synthetic.py:tiny` configs on the session's TFDS dir, the one config of
+    every test that trains: `tiny_config(num_train_steps=8, loss="triplet")` sets top-level keys,
+    `tiny_config(model={"combine": "distance"})` updates a group's keys (the rest keep theirs)."""
     from configs import synthetic
 
     def make(**overrides) -> ml_collections.ConfigDict:
         cfg = synthetic.get_config("tiny")
         cfg.tfds_data_dir = tfds_dir
         for key, value in overrides.items():
-            cfg[key] = value
+            # A misspelt key would silently test the default: refuse it.
+            unknown = {key} - set(cfg) or (
+                set(value) - set(cfg[key]) if isinstance(value, dict) else set()
+            )
+            if unknown:
+                raise KeyError(f"tiny_config: no key(s) {sorted(unknown)} in {key!r} of the config")
+            if isinstance(value, dict):
+                cfg[key].update(value)
+            else:
+                cfg[key] = value
         return cfg
 
     return make

@@ -42,7 +42,7 @@ def _batch() -> jax.Array:
     return jnp.broadcast_to(jnp.asarray(_stroke_image())[None, :, :, None], (B, H, W, 1))
 
 
-def _cfg(**settings):
+def _augment_config(**settings):
     cfg = default.get_config().augment
     for name, value in settings.items():
         setattr(cfg, name, value)
@@ -53,7 +53,7 @@ def _cfg(**settings):
 def _run(seed: int = 0, **settings) -> np.ndarray:
     """augment, jitted, on `_batch()` with only `settings` switched on. Cached: compiles are the
     slow part of this file."""
-    cfg = _cfg(**settings)
+    cfg = _augment_config(**settings)
     return np.asarray(jax.jit(lambda x, k: augment_lib.augment(x, k, cfg))(_batch(), _key(seed)))
 
 
@@ -87,7 +87,7 @@ FIXED = ("jpeg", "blur")
 
 @pytest.mark.parametrize("name", list(TRANSFORMS))
 def test_each_transform_changes_the_image_but_keeps_the_ink_in_place(name):
-    assert augment_lib.enabled(_cfg(**TRANSFORMS[name]))
+    assert augment_lib.enabled(_augment_config(**TRANSFORMS[name]))
     x = _batch()
     y = _run(**TRANSFORMS[name])
     assert y.shape == x.shape and y.dtype == x.dtype
@@ -126,7 +126,7 @@ def test_each_affine_key_draws_only_its_own_warp(key):
     off-diagonal entry (a slant along x)."""
     kw = dict(max_rotation=0.0, max_scale=0.0, max_shear=0.0)
     kw[key] = {"max_rotation": 10.0, "max_scale": 0.2, "max_shear": 0.3}[key]
-    assert augment_lib.enabled(_cfg(**kw))
+    assert augment_lib.enabled(_augment_config(**kw))
     u = np.random.default_rng(0).uniform(-1.0, 1.0, (B, 3)).astype(np.float32)
     m = np.asarray(augment_lib._affine_inverse(jnp.asarray(u), **kw))
     assert not np.allclose(m, np.eye(2), atol=1e-3)
@@ -218,7 +218,7 @@ def _old_augment(images, rng, cfg):
 
 def test_old_settings_give_the_same_images_as_before():
     """New keys at 0: shift, blur and noise draw the same numbers as before they existed."""
-    cfg = _cfg(max_shift=3, blur_prob=0.5, noise_std=0.05)
+    cfg = _augment_config(max_shift=3, blur_prob=0.5, noise_std=0.05)
     old = jax.jit(lambda x, k: _old_augment(x, k, cfg))(_batch(), _key(7))
     new = _run(seed=7, max_shift=3, blur_prob=0.5, noise_std=0.05)
     # Same draws; the blur's sum of shifted copies rounds differently from a convolution.
@@ -226,7 +226,7 @@ def test_old_settings_give_the_same_images_as_before():
 
 
 def test_jits_and_is_deterministic_per_key():
-    cfg = _cfg(**{k: v for s in TRANSFORMS.values() for k, v in s.items()})
+    cfg = _augment_config(**{k: v for s in TRANSFORMS.values() for k, v in s.items()})
     cfg.stroke_prob = cfg.jpeg_prob = 0.5
     fn = jax.jit(lambda x, k: augment_lib.augment(x, k, cfg))
     a = np.asarray(fn(_batch(), _key(5)))
@@ -239,7 +239,7 @@ def test_jits_and_is_deterministic_per_key():
 
 def test_default_keys_work():
     """The train step passes threefry keys (`jax.random.key`'s default), not `_key`'s."""
-    cfg = _cfg(max_scale=0.1, noise_std=0.05)
+    cfg = _augment_config(max_scale=0.1, noise_std=0.05)
     fn = jax.jit(lambda x, k: augment_lib.augment(x, k, cfg))
     y = np.asarray(fn(_batch(), jax.random.key(0)))
     assert y.shape == (B, H, W, 1) and y.dtype == np.float32

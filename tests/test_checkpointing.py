@@ -21,15 +21,15 @@ from siamjax.errors import EXIT_PREEMPTED, UserError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _cfg(tiny_config, **overrides):
-    return tiny_config(**{"checkpoint_every_steps": 4, "keep_checkpoints": 3, **overrides})
+# Checkpoints at 4, 6 (validation), 8 and 12 of the tiny run's 12 steps, all kept.
+CHECKPOINTS = {"checkpoint_every_steps": 4, "keep_checkpoints": 3}
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_config, tmp_path_factory):
     """An uninterrupted 12-step run with checkpoints at 4, 6 (validation), 8 and 12."""
     wd = str(tmp_path_factory.mktemp("trained"))
-    train_lib.train_and_evaluate(_cfg(tiny_config), wd)
+    train_lib.train_and_evaluate(tiny_config(**CHECKPOINTS), wd)
     return wd
 
 
@@ -98,7 +98,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_good_one(
 ):
     wd = _copy(trained, tmp_path)
     DAMAGE[kind](os.path.join(wd, "checkpoints", "12"))
-    cfg = _cfg(tiny_config)
+    cfg = tiny_config(**CHECKPOINTS)
     ckpt = checkpointing.Checkpointer(wd, read_only=True)
     with caplog.at_level(logging.WARNING):
         step, state, meta = ckpt.restore_latest_good(_abstract(cfg))
@@ -125,7 +125,7 @@ def test_digest_names_what_changed(trained, tmp_path):
 def test_training_resumes_from_the_newest_good_checkpoint_exactly(trained, tiny_config, tmp_path):
     wd = _copy(trained, tmp_path)
     _garbage(os.path.join(wd, "checkpoints", "12"))
-    cfg = _cfg(tiny_config)
+    cfg = tiny_config(**CHECKPOINTS)
     train_lib.train_and_evaluate(cfg, wd)  # Restores 8, sets 12 aside, trains 9..12 again.
     assert os.listdir(os.path.join(wd, "damaged_checkpoints")) == ["12.0"]
     a = _restore(cfg, trained, 12)
@@ -142,7 +142,7 @@ def _restore(cfg, wd, step):
 
 def test_eval_falls_back_when_the_best_checkpoint_is_damaged(trained, tiny_config, tmp_path):
     wd = _copy(trained, tmp_path)
-    cfg = _cfg(tiny_config)
+    cfg = tiny_config(**CHECKPOINTS)
     ckpt = checkpointing.Checkpointer(wd, read_only=True)
     best = ckpt.best_step()
     ckpt.close()
@@ -160,7 +160,7 @@ def test_no_good_checkpoint_is_one_user_error_naming_each(trained, tiny_config, 
         _garbage(os.path.join(ckpt_dir, s))
     ckpt = checkpointing.Checkpointer(wd, read_only=True)
     with pytest.raises(UserError, match=r"no checkpoint in .* can be restored.*step 12.*step 8"):
-        ckpt.restore_latest_good(_abstract(_cfg(tiny_config)))
+        ckpt.restore_latest_good(_abstract(tiny_config(**CHECKPOINTS)))
     ckpt.close()
 
 
@@ -185,7 +185,7 @@ def test_a_failed_save_is_one_line_naming_the_folder_and_keeps_what_was_saved(
     wd = _copy(trained, tmp_path)
     before = sorted(os.listdir(os.path.join(wd, "checkpoints")))
     ckpt = checkpointing.Checkpointer(wd, keep=3)
-    step, state, meta = ckpt.restore_latest_good(_abstract(_cfg(tiny_config)))
+    step, state, meta = ckpt.restore_latest_good(_abstract(tiny_config(**CHECKPOINTS)))
 
     def full(self, *a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -200,7 +200,7 @@ def test_a_failed_save_is_one_line_naming_the_folder_and_keeps_what_was_saved(
     assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == before
     ckpt = checkpointing.Checkpointer(wd, read_only=True)
     assert all(ckpt.step_problem(s) is None for s in ckpt.all_steps())
-    assert ckpt.restore_latest_good(_abstract(_cfg(tiny_config)))[0] == step == 12
+    assert ckpt.restore_latest_good(_abstract(tiny_config(**CHECKPOINTS)))[0] == step == 12
     ckpt.close()
 
 
@@ -223,8 +223,7 @@ def test_a_disk_that_fills_during_training_stops_it_cleanly(tiny_config, tmp_pat
         pytest.skip("cannot mount a tmpfs here (not root)")
     try:
         wd = str(mnt / "run")
-        cfg = _cfg(
-            tiny_config,
+        cfg = tiny_config(
             num_train_steps=200,
             checkpoint_every_steps=2,
             keep_checkpoints=200,
@@ -313,7 +312,7 @@ def test_eval_and_verify_beside_a_saving_trainer(trained, tfds_dir, tiny_config,
         stderr=subprocess.PIPE,
         text=True,
     )
-    cfg = _cfg(tiny_config)
+    cfg = tiny_config(**CHECKPOINTS)
     seen, restores = set(), 0
     try:
         from PIL import Image
@@ -361,7 +360,7 @@ def test_a_read_only_workdir_is_one_line_naming_it(tiny_config, tmp_path):
     try:
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         with pytest.raises(UserError, match=r"cannot be written.*[Rr]ead-only") as e:
-            train_lib.train_and_evaluate(_cfg(tiny_config), str(mnt / "run"))
+            train_lib.train_and_evaluate(tiny_config(**CHECKPOINTS), str(mnt / "run"))
         assert "\n" not in str(e.value) and str(mnt / "run") in str(e.value)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -17,8 +17,8 @@ from siamjax.errors import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteError, Preem
 BAD_FROM = 6  # The step whose update first goes to infinity.
 
 
-def _cfg(tiny_config, **overrides):
-    return tiny_config(**{"checkpoint_every_steps": 2, "keep_checkpoints": 20, **overrides})
+# A checkpoint every other step, all kept: which steps were saved is what these tests read.
+CHECKPOINTS = {"checkpoint_every_steps": 2, "keep_checkpoints": 20}
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_a_nan_stops_training_naming_the_step_and_saves_nothing_after(
     tiny_config, tmp_path, inf_learning_rate_from_step_6
 ):
     wd = str(tmp_path)
-    cfg = _cfg(tiny_config, log_every_steps=4, num_train_steps=8)
+    cfg = tiny_config(**CHECKPOINTS, log_every_steps=4, num_train_steps=8)
     with pytest.raises(NonFiniteError, match=rf"^step {BAD_FROM}: .*NaN or Inf") as e:
         train_lib.train_and_evaluate(cfg, wd)
     assert "step 4" in str(e.value) and "\n" not in str(e.value)
@@ -61,7 +61,7 @@ def test_skip_mode_skips_and_counts_nonfinite_steps(
     tiny_config, tmp_path, inf_learning_rate_from_step_6
 ):
     wd = str(tmp_path)
-    cfg = _cfg(tiny_config, skip_nonfinite_steps=True, num_train_steps=8)
+    cfg = tiny_config(**CHECKPOINTS, skip_nonfinite_steps=True, num_train_steps=8)
     summary = train_lib.train_and_evaluate(cfg, wd)
     skipped = 8 - BAD_FROM + 1
     assert summary["skipped_nonfinite_steps"] == skipped
@@ -99,7 +99,9 @@ def test_the_step_keeps_the_old_state_exactly_when_not_finite():
 def test_sigterm_checkpoints_the_step_and_flushes(tiny_config, tmp_path, monkeypatch):
     """In-process; tests/test_crash_resume.py checks train.py's exit code 143 and that the rerun
     continues and ends with exactly the parameters of an uninterrupted run."""
-    cfg = _cfg(tiny_config, checkpoint_every_steps=100, eval_every_steps=100, num_train_steps=8)
+    cfg = tiny_config(
+        **{**CHECKPOINTS, "checkpoint_every_steps": 100}, eval_every_steps=100, num_train_steps=8
+    )
     calls = {"n": 0}
     take = parallel.GlobalBatches.__next__
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import default, synthetic
+from configs import default
 from siamjax import losses, models, pairs, parallel, train_lib
 from siamjax.errors import UserError
 
@@ -129,12 +129,9 @@ def test_swapping_a_pair_leaves_the_distance_score_unchanged():
 # ---- The train step ------------------------------------------------------------------------------
 
 
-def _cfg(loss):
-    cfg = synthetic.get_config("tiny")
-    cfg.loss = loss
-    cfg.model.combine = "distance"
-    cfg.augment.max_shift = 0  # Fixed data: augmentation would only add noise to the loss.
-    return cfg
+# The metric losses train on distances: the distance head; fixed data, so no augmentation (it would
+# only add noise to the loss).
+METRIC = {"model": {"combine": "distance"}, "augment": {"max_shift": 0}}
 
 
 def _batch(n, triplet, seed=0):
@@ -148,8 +145,8 @@ def _batch(n, triplet, seed=0):
 
 
 @pytest.mark.parametrize("loss", ["contrastive", "triplet"])
-def test_a_few_steps_reduce_the_loss_on_fixed_data(loss):
-    cfg = _cfg(loss)
+def test_a_few_steps_reduce_the_loss_on_fixed_data(loss, tiny_config):
+    cfg = tiny_config(loss=loss, **METRIC)
     mesh = parallel.make_mesh(jax.devices()[:1])
     state, sharding = train_lib.init_state_on_mesh(cfg, models.create_model(cfg.model), mesh)
     step = train_lib.compile_train_step(cfg, mesh, sharding)
@@ -167,9 +164,8 @@ def test_a_few_steps_reduce_the_loss_on_fixed_data(loss):
     assert head_after["bias"] != head_before["bias"]  # The calibration term trains the head.
 
 
-def test_the_metric_losses_refuse_a_head_that_does_not_score_distances(tmp_path):
-    cfg = _cfg("contrastive")
-    cfg.model.combine = "absdiff"
+def test_the_metric_losses_refuse_a_head_that_does_not_score_distances(tmp_path, tiny_config):
+    cfg = tiny_config(loss="contrastive", **{**METRIC, "model": {"combine": "absdiff"}})
     with pytest.raises(UserError, match="combine='distance'"):
         train_lib.train_step(None, {}, config=cfg)
     with pytest.raises(UserError, match="combine='distance'"):
@@ -180,12 +176,11 @@ def test_the_metric_losses_refuse_a_head_that_does_not_score_distances(tmp_path)
 # ---- End to end ----------------------------------------------------------------------------------
 
 
-def test_train_data_batches_triplets_only_for_the_triplet_loss(tfds_dir):
+def test_train_data_batches_triplets_only_for_the_triplet_loss(tiny_config):
     from siamjax.data import Data
     from siamjax.input_pipeline import TrainData
 
-    cfg = _cfg("triplet")
-    cfg.tfds_data_dir = tfds_dir
+    cfg = tiny_config(loss="triplet", **METRIC)
     data = Data(cfg)
     assert data.prior_positive == 0.5
     batch = next(TrainData(data, cfg).batches())  # Catalog indices, gathered on the device.
@@ -201,12 +196,10 @@ def test_train_data_batches_triplets_only_for_the_triplet_loss(tfds_dir):
 
 
 @pytest.mark.parametrize("loss", ["contrastive", "triplet"])
-def test_train_and_evaluate_with_the_metric_losses(loss, tfds_dir, tmp_path):
+def test_train_and_evaluate_with_the_metric_losses(loss, tiny_config, tmp_path):
     from siamjax import eval_lib, verify
 
-    cfg = _cfg(loss)
-    cfg.tfds_data_dir = tfds_dir
-    cfg.num_train_steps = 6
+    cfg = tiny_config(loss=loss, num_train_steps=6, **METRIC)
     summary = train_lib.train_and_evaluate(cfg, str(tmp_path / "run"))
     val = summary["validation"]
     assert summary["final_step"] == 6

@@ -18,14 +18,10 @@ def _toy(num_writers=20, genuine=6, forged=4):
     return np.array(writer), np.array(is_genuine), np.array(sha)
 
 
-def _cfg():
-    return default.get_config()
-
-
 @pytest.mark.parametrize("method", ["fractions", "kfold"])
 def test_splits_partition_the_writers(method):
     writer, _, sha = _toy()
-    cfg = _cfg()
+    cfg = default.get_config()
     cfg.split.method = method
     s = pairs.split_writers(writer, cfg.split, seed=0)
     all_w = s["train"] + s["validation"] + s["test"]
@@ -40,7 +36,7 @@ def test_splits_partition_the_writers(method):
 
 def test_kfold_test_folds_cover_every_writer_once():
     writer, _, _ = _toy()
-    cfg = _cfg()
+    cfg = default.get_config()
     cfg.split.method = "kfold"
     tested = []
     for k in range(cfg.split.num_folds):
@@ -51,7 +47,7 @@ def test_kfold_test_folds_cover_every_writer_once():
 
 def test_explicit_writer_lists_and_unknown_writers():
     writer, _, _ = _toy()
-    cfg = _cfg()
+    cfg = default.get_config()
     cfg.split.method = "writers"
     cfg.split.val_writers = "w01,w02"
     cfg.split.test_writers = "w03"
@@ -74,7 +70,7 @@ def test_shared_image_content_across_splits_is_refused():
 
 def test_training_pairs_have_the_right_kinds_labels_and_proportions():
     writer, is_genuine, _ = _toy()
-    cfg = _cfg()
+    cfg = default.get_config()
     idx = np.arange(len(writer))
     p = pairs.sample_train_pairs(writer, is_genuine, idx, cfg.pairs, seed=0, epoch=0)
     n_gen = int(is_genuine.sum())
@@ -97,16 +93,18 @@ def test_training_pairs_have_the_right_kinds_labels_and_proportions():
 def test_pairs_stay_inside_their_split():
     writer, is_genuine, _ = _toy()
     idx = np.flatnonzero(np.isin(writer, ["w01", "w02", "w03"]))
-    p = pairs.sample_train_pairs(writer, is_genuine, idx, _cfg().pairs, seed=0, epoch=0)
+    p = pairs.sample_train_pairs(
+        writer, is_genuine, idx, default.get_config().pairs, seed=0, epoch=0
+    )
     assert set(p.a) | set(p.b) <= set(idx)
-    e = pairs.eval_pairs(writer, is_genuine, idx, _cfg().pairs, seed=0)
+    e = pairs.eval_pairs(writer, is_genuine, idx, default.get_config().pairs, seed=0)
     assert set(e.a) | set(e.b) <= set(idx)
 
 
 def test_evaluation_pairs_are_fixed_distinct_and_complete(tmp_path):
     writer, is_genuine, _ = _toy(num_writers=5)
     idx = np.arange(len(writer))
-    cfg = _cfg()
+    cfg = default.get_config()
     e = pairs.eval_pairs(writer, is_genuine, idx, cfg.pairs, seed=0)
     n_gen = int(is_genuine.sum())
     assert e.counts() == {k: cfg.pairs.eval_per_genuine * n_gen for k in pairs.KIND_NAMES}

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import synthetic
 from siamjax import parallel, train_lib
 from siamjax.models import create_model
 
@@ -27,11 +26,10 @@ def _setup(cfg, devices):
     return mesh, state, train_lib.compile_train_step(cfg, mesh, sharding)
 
 
-def test_the_model_overfits_16_fixed_pairs():
+def test_the_model_overfits_16_fixed_pairs(tiny_config):
     """A model that cannot memorise 16 pairs is broken (init, optimiser or loss)."""
-    cfg = synthetic.get_config("tiny")
-    cfg.learning_rate = 1e-2
-    cfg.augment.max_shift = 0  # Fixed pairs: augmentation would make memorising impossible.
+    # Fixed pairs: augmentation would make memorising impossible.
+    cfg = tiny_config(learning_rate=1e-2, augment={"max_shift": 0})
     mesh, state, step = _setup(cfg, jax.devices()[:1])
     batch = parallel.to_global(_batch(16), mesh)
     first = None
@@ -45,12 +43,7 @@ def test_the_model_overfits_16_fixed_pairs():
     assert loss < 0.05, f"loss {loss:.3f} after {int(state.step)} steps"
 
 
-def _losses_at_design_lr(initial_accumulator, steps=60):
-    cfg = synthetic.get_config("tiny")
-    cfg.learning_rate = 1e-3
-    cfg.adagrad_initial_accumulator = initial_accumulator
-    cfg.augment.max_shift = 0
-    cfg.model.combine = "diff"  # The design's head.
+def _losses_at_design_lr(cfg, steps=60):
     mesh, state, step = _setup(cfg, jax.devices()[:1])
     batch = parallel.to_global(_batch(16), mesh)
     losses = []
@@ -60,19 +53,20 @@ def _losses_at_design_lr(initial_accumulator, steps=60):
     return np.mean(losses[:5]), np.mean(losses[-5:])
 
 
-def test_the_step_learns_with_the_design_learning_rate():
+def test_the_step_learns_with_the_design_learning_rate(tiny_config):
     """Adagrad at 1e-3 (the design) must move the loss clearly, and far more than with optax's
     default initial accumulator of 0.1, which damps the first updates (the probe's slow start)."""
-    first, last = _losses_at_design_lr(0.0)
+    design = {"learning_rate": 1e-3, "augment": {"max_shift": 0}, "model": {"combine": "diff"}}
+    first, last = _losses_at_design_lr(tiny_config(**design, adagrad_initial_accumulator=0.0))
     assert last < 0.7 * first
-    damped_first, damped_last = _losses_at_design_lr(0.1)
+    damped = tiny_config(**design, adagrad_initial_accumulator=0.1)
+    damped_first, damped_last = _losses_at_design_lr(damped)
     assert (first - last) > 2 * (damped_first - damped_last)
 
 
-def test_eight_devices_compute_what_one_device_computes():
+def test_eight_devices_compute_what_one_device_computes(tiny_config):
     assert jax.device_count() >= 8, "conftest.py should simulate 8 CPU devices"
-    cfg = synthetic.get_config("tiny")
-    cfg.augment.noise_std = 0.05  # The RNG path must agree too.
+    cfg = tiny_config(augment={"noise_std": 0.05})  # The RNG path must agree too.
     results = []
     for devices in (jax.devices()[:1], jax.devices()[:8]):
         mesh, state, step = _setup(cfg, devices)
@@ -84,8 +78,8 @@ def test_eight_devices_compute_what_one_device_computes():
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
-def test_the_step_compiles_once():
-    cfg = synthetic.get_config("tiny")
+def test_the_step_compiles_once(tiny_config):
+    cfg = tiny_config()
     mesh, state, step = _setup(cfg, jax.devices())
     for i in range(6):
         state, _ = step(state, parallel.to_global(_batch(8, seed=i), mesh))
