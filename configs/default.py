@@ -12,6 +12,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # Seeds parameters, augmentation, writer splits and pair sampling.
+    # A workdir whose best checkpoint's encoder (same encoder and input size) starts this run's
+    # encoder: pretrain (e.g. on many synthetic writers), then fine-tune on real ones. '' = none.
+    c.init_from = ""
 
     # ---- Data ---------------------------------------------------------------------------------
     # Which TFDS builder: 'synthetic' (embedded, no download), 'sigcomp2011', 'cedar',
