@@ -137,7 +137,14 @@ def display_path(path: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir", help="folder written by siamjax-export")
-    p.add_argument("--reference", nargs="+", required=True, metavar="IMG", help="genuine scans")
+    p.add_argument(
+        "--reference",
+        action="extend",
+        nargs="+",
+        required=True,
+        metavar="IMG",
+        help="genuine scans",
+    )
     p.add_argument("--questioned", required=True, metavar="IMG", help="the scan to verify")
     args = p.parse_args(argv)
     try:

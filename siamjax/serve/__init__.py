@@ -2,7 +2,8 @@
 
     siamjax-serve --workdir W [--host 127.0.0.1] [--port 8000] [--db FILE] [--max-upload-mb 20]
                   [--token T]
-    then open http://127.0.0.1:8000/ (the page) or read http://127.0.0.1:8000/docs (the API)
+    then open http://127.0.0.1:8000/ (the page); the API: /openapi.json (or /docs, whose
+    Swagger UI assets the browser fetches from the internet)
 
 What it is for: people who put a verifier in front of others. The page enrols a writer from a few
 genuine scans once, then verifies questioned scans against the enrolled writer (or against

@@ -132,7 +132,7 @@ def create_app(
         first = e.errors()[0] if e.errors() else {}
         field = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
         if first.get("type") == "missing":
-            return _error(422, f"{field}: missing field (see GET /docs for the request's form).")
+            return _error(422, f"{field}: missing field (the form is in GET /openapi.json).")
         return _error(422, f"{field}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(StarletteHTTPException)

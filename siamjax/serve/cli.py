@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="siamjax-serve",
         description="Serves a trained siamjax workdir: a page that enrols writers and verifies "
-        "questioned scans, and its JSON API (GET /docs on the running server).",
+        "questioned scans, and its JSON API (GET /openapi.json on the running server).",
         epilog="example: siamjax-serve --workdir run/  then open http://127.0.0.1:8000/",
     )
     p.add_argument("--workdir", required=True, help="workdir of a training run")

@@ -69,6 +69,11 @@ class Engine:
         self.embed_batches = 0  # of which encoder batches,
         self.embedded_images = 0  # holding this many images.
 
+    @property
+    def queued(self) -> int:
+        """Model calls waiting for the model thread (approximate, as any queue size)."""
+        return self._queue.qsize()
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
