@@ -65,6 +65,11 @@ class OnnxVerifier:
                 f"{path} asks for preprocessing settings this example does not apply: "
                 + ", ".join(f"{k}={c['preprocessing'][k]!r}" for k in unknown)
             )
+        if c.get("enrollment", "none") != "none":
+            raise UserError(
+                f"{path} asks for writer enrolment {c['enrollment']!r}; this example fuses the "
+                "pair scores only (enrollment 'none'): export a workdir without one"
+            )
         self.height, self.width = c["input"]["height"], c["input"]["width"]
         self.ink = c["preprocessing"].get("real.ink", "raw")
         options = ort.SessionOptions()
@@ -115,6 +120,7 @@ class OnnxVerifier:
             "threshold": c["threshold"],
             "decision": "genuine" if score >= c["threshold"] else "forged",
             "checkpoint_step": c["checkpoint_step"],
+            "enrollment": "none",
         }
 
     def verify(self, references: Sequence[str], questioned: str) -> dict[str, Any]:

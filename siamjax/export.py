@@ -194,6 +194,10 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None 
         "llr": "logit(clip(score, llr_eps, 1 - llr_eps)) - logit(prior_positive), in nats",
         "llr_eps": _llr_eps(),
         "fusion": verifier.fusion,
+        # The writer enrolment the workdir's config chooses; the ONNX files hold the encoder and
+        # the pair head, so a consumer applies only 'none' (fused pair scores) unless it
+        # implements siamjax.enrollment itself.
+        "enrollment": verifier.enrollment,
         **verifier.model_identity(),
         "workdir": verifier.workdir,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

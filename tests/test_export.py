@@ -25,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "onnx_verify.py")
 BANNED = ("jax", "jaxlib", "flax", "tensorflow", "tensorflow_datasets", "orbax")
 DECISION_KEYS = {
+    "enrollment",
     "questioned",
     "references",
     "reference_scores",
@@ -98,7 +99,7 @@ def test_contract_describes_the_checkpoint(exported, verifier):
     assert contract["threshold_source"] == "calibrated on validation"
     assert contract["prior_positive"] == verifier.prior_positive
     assert contract["checkpoint_step"] == verifier.step
-    assert contract["fusion"] == cfg.eval.fusion
+    assert contract["fusion"] == cfg.eval.fusion and contract["enrollment"] == "none"
     assert contract["model_fingerprint"] == workdir_lib.model_fingerprint(cfg)
     assert contract["weights_sha256"] == verifier.model_identity()["weights_sha256"]
     check = contract["export_check"]
@@ -169,7 +170,7 @@ def test_preprocessing_settings_carry_every_key_the_config_has():
 
 def _assert_same(onnx_d: dict, jax_d: dict, tol: float) -> float:
     assert set(onnx_d) == DECISION_KEYS and set(jax_d) == DECISION_KEYS
-    for key in ("questioned", "references", "fusion", "threshold", "prior_positive"):
+    for key in ("questioned", "references", "fusion", "threshold", "prior_positive", "enrollment"):
         assert onnx_d[key] == jax_d[key], key
     assert onnx_d["checkpoint_step"] == jax_d["checkpoint_step"]
     diffs = [abs(onnx_d["score"] - jax_d["score"]), abs(onnx_d["llr"] - jax_d["llr"])]
