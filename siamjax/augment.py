@@ -39,7 +39,8 @@ def _gaussian_kernel(sigma: float) -> np.ndarray:
 
 def _blur_axis(images: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
     """Zero-padded 1-D correlation with `taps` along `axis`, as a sum of shifted copies: XLA fuses
-    it into one loop, where a 1-channel convolution runs ~10x slower on a CPU."""
+    it into one loop, where a 1-channel convolution is slow on a CPU (bench/README.md, "CPU
+    levers")."""
     r = len(taps) // 2
     pad = [(0, 0)] * images.ndim
     pad[axis] = (r, r)
@@ -62,7 +63,7 @@ def gaussian_blur(images: jax.Array, sigma: float) -> jax.Array:
 def _shift(images: jax.Array, d: jax.Array, max_shift: int) -> jax.Array:
     """Translate each [H, W, 1] image of [B, H, W, 1] by d[b] = (dy, dx) pixels (|d| <= max_shift),
     filling with background (0): a window of the zero-padded image, which XLA copies as a block
-    (per-pixel gathers of row and column indices cost 10x more on a CPU)."""
+    (per-pixel gathers of row and column indices cost far more on a CPU)."""
     h, w = images.shape[1:3]
     m = max_shift
     padded = jnp.pad(images, ((0, 0), (m, m), (m, m), (0, 0)))

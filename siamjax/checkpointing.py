@@ -379,18 +379,28 @@ class Checkpointer:
     def _set_aside(self, steps: list[int]) -> None:
         """Moves damaged steps newer than the one training resumes from to
         <workdir>/damaged_checkpoints/ (kept for inspection), so that their steps can be saved
-        again."""
-        if not steps or jax.process_index() != 0:
-            return
-        aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
-        os.makedirs(aside, exist_ok=True)
-        for step in steps:
-            src = os.path.join(self.directory, str(step))
-            if os.path.isdir(src):
-                dst = os.path.join(aside, f"{step}.{len(os.listdir(aside))}")
-                os.replace(src, dst)
-                logging.warning("moved the damaged checkpoint step %d to %s", step, dst)
-        self.manager.reload()
+        again.
+
+        Process 0 moves them; with several processes, every process then waits for the move
+        (a barrier that each reaches, whichever steps it found damaged: one that listed the
+        steps after the move found none) and lists the steps again, or its manager would still
+        hold the moved step and refuse to save it anew (StepAlreadyExistsError).
+        """
+        if steps and jax.process_index() == 0:
+            aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
+            os.makedirs(aside, exist_ok=True)
+            for step in steps:
+                src = os.path.join(self.directory, str(step))
+                if os.path.isdir(src):
+                    dst = os.path.join(aside, f"{step}.{len(os.listdir(aside))}")
+                    os.replace(src, dst)
+                    logging.warning("moved the damaged checkpoint step %d to %s", step, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("siamjax_checkpoints_set_aside")
+        if steps or jax.process_count() > 1:
+            self.manager.reload()
 
     def restore_meta(self, step: int) -> dict[str, Any]:
         return dict(

@@ -1,8 +1,8 @@
 """A 2-D convolution whose weight gradient is a matrix product over shifted input windows.
 
-Why: XLA:CPU computes a convolution's weight gradient 2-5x slower than its forward pass (SigNet's
-5x5 layer: about 3.5x), and on a CPU the train step is dominated by it. The weight gradient of a
-stride-s, k x k convolution is
+Why: XLA:CPU (without XNNPACK) computes a convolution's weight gradient several times slower than
+its forward pass, and on a CPU the train step is dominated by it (bench/README.md, "CPU levers").
+The weight gradient of a stride-s, k x k convolution is
 
     dW[i, j, :, :] = sum over n, y, x of  X[n, s*y + i, s*x + j, :]^T  dY[n, y, x, :]
 

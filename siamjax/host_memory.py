@@ -3,18 +3,14 @@
 Why: XLA:CPU allocates every execution's outputs and temporaries anew and frees them when it ends.
 glibc serves blocks that large with fresh memory maps and unmaps them on free (or, from a thread's
 own arena, gives the pages back), so each train step page-faults its whole working set in again
-and the kernel zeroes it. On the 2-core development machine, SigNet at 150x220, batch 32, that was
-~117,000 page faults and 0.27 s of system CPU per ~1.5 s step (`bench/train_step.py` prints
-both). With one arena, no memory maps and no trimming, freed blocks stay in the process and the
-next step reuses them: 0 page faults and 0.003-0.036 s of system CPU per step, and 6% more pairs/s
-(21.4 against 20.2, 3 runs of each alternated).
+and the kernel zeroes it (`bench/train_step.py` prints the page faults and system CPU per step).
+With one arena, no memory maps and no trimming, freed blocks stay in the process and the next
+step reuses them: no page faults, and more pairs/s.
 
 The cost: memory freed by the process is kept for its later allocations rather than returned to
-the system, so the resident set stays at its peak, and that peak grows: a 20-step
-`configs/sigcomp.py` training with validation peaked at 3.31 GB, against 2.19 GB with the switch
-at 0 (`/usr/bin/time -v`). And all threads share one arena's lock, which made XLA's compilation of
-the SigNet step ~20% slower in separate runs (12.9 against 10.2-11.1 s; yet the two 20-step
-trainings compiled in 13.1 s with it and 12.9 s without).
+the system, so the resident set stays at its peak, and that peak grows; and all threads share one
+arena's lock, which can slow XLA's compilation. The measurements, both ways, are in
+bench/README.md ("CPU levers", the glibc malloc row; "Figures the code's comments rely on").
 `SIAMJAX_MALLOC_TUNING=0` leaves malloc as it is.
 
 Only glibc (Linux) has these knobs; elsewhere `apply` does nothing, and so on accelerators, where

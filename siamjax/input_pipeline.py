@@ -104,9 +104,8 @@ class TrainData:
         """The endless batches of `batches` as one tf.data pipeline over all epochs.
 
         One pipeline, not one per epoch: with a pipeline per epoch, the first batch of a new
-        epoch blocked the loop for 4-10 s at about 1 in 3 epoch boundaries on a 2-core CPU
-        (inside the exhausted iterator; keeping old iterators alive avoided it, so by all signs
-        the teardown of their parallel map and prefetch threads). The epochs' pairs are drawn
+        epoch blocked the loop for seconds at some epoch boundaries (inside the exhausted
+        iterator's teardown; bench/README.md, "Host side"). The epochs' pairs are drawn
         by numpy, one call per epoch.
         """
         epoch, offset = divmod(start_step, self.steps_per_epoch)

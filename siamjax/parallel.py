@@ -225,9 +225,8 @@ class GlobalBatches:
 
     Why a thread: on the CPU backend XLA runs a jitted step in the calling thread, so the call
     returns only when most of the step is done, and the next batch's host work (tf.data's
-    iterator, `make_array_from_process_local_data`: ~4.6 ms a step for the `small` encoder's
-    ~53 ms) waits for it in the loop's thread. The step releases the GIL, so this thread works
-    meanwhile (train.py's wait for input fell from 6.3-6.7% of the synthetic loop to ~2%). On
+    iterator, `make_array_from_process_local_data`) waits for it in the loop's thread. The step
+    releases the GIL, so this thread works meanwhile (bench/README.md, "Host side"). On
     accelerators the dispatch returns at once; the thread only moves the same work off the
     loop's thread. The order of the batches is that of `batches`; `close()` (or leaving the
     `with`) stops the thread, so a preempted or failed loop leaves nothing running. An

@@ -1,7 +1,8 @@
 """Max pooling whose gradient is written with slices and pads instead of XLA's select-and-scatter.
 
-Why: on the CPU, XLA's select-and-scatter (the gradient of `reduce_window` max) runs about 10x
-slower than the pooling itself; this form takes less than half its time on SigNet's pools.
+Why: on the CPU, XLA's select-and-scatter (the gradient of `reduce_window` max) runs many times
+slower than the pooling itself; this form takes less than half its time on SigNet's pools
+(bench/README.md, "CPU levers").
 The gradient of a k x k, stride-s, VALID max pool sends each output gradient to the first maximum
 of its window (row-major order), as select-and-scatter with `>=` does; here each of the k*k window
 offsets claims the outputs whose maximum it holds and not claimed before, and scatters its share

@@ -1,11 +1,10 @@
 """The XLA:CPU flags siamjax runs with: convolutions and matrix products through XNNPACK.
 
 Why: jaxlib 0.10.2's XLA:CPU hands convolutions to YNNPACK (or, for a convolution alone in its
-module, to Eigen). On the 2-core development machine, SigNet at 150x220, batch 32 (bench/README.md,
-"CPU levers"), XNNPACK's convolutions ran the 3x3 layers ~1.5x faster than either, its weight
-gradient of the 5x5 layer in 241 ms against 374 ms for `siamjax.conv`'s matmul form, and the whole
-float32 train step went from ~15-16 to ~22-24 pairs/s (PyTorch eager float32 on the same machine:
-~21). Matrix products through XNNPACK (`individual_dot`) added a few percent more.
+module, to Eigen). XNNPACK's convolutions are faster than either on SigNet's layers, its weight
+gradient faster than `siamjax.conv`'s matmul form, and the whole float32 train step faster by
+about half; matrix products through XNNPACK (`individual_dot`) add a little more. The figures:
+bench/README.md, "CPU levers" (the XNNPACK rows).
 
 The flags only concern the CPU backend; GPUs and TPUs ignore them. XLA reads XLA_FLAGS once, when
 JAX creates its first backend, so `apply()` must run before anything touches a device: the entry

@@ -42,6 +42,32 @@ def test_two_processes_of_four_devices_train_as_one_process_of_eight(tmp_path):
     assert os.listdir(tmp_path / "two" / "checkpoints") == [str(STEPS)]
 
 
+@pytest.mark.slow  # ~1.5 min on 2 busy CPU cores: a training here, then two fresh processes.
+def test_two_processes_fall_back_together_from_a_damaged_newest_checkpoint(tmp_path):
+    """Both processes of a resumed run skip the damaged step 4, restore step 2, continue exactly
+    as the run that wrote it did, and the damaged step is set aside once."""
+    from tests import distributed_worker
+    from tests.test_checkpointing import _truncate
+
+    tfds_dir, wd = str(tmp_path / "tfds"), str(tmp_path / "run")
+    first = distributed_worker.run(wd, tfds_dir, 4, checkpoint_every=2)  # Steps 2 and 4.
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["2", "4"]
+    _truncate(os.path.join(wd, "checkpoints", "4"))
+
+    out = str(tmp_path / "out{pid}.npz")
+    logs = parallel.run_cpu_processes([sys.executable, WORKER, wd, tfds_dir, "6", out, "2"], 2, 4)
+    assert any("step 4" in log and "restored step 2" in log for log in logs), logs[0][-3000:]
+    results = [np.load(tmp_path / f"out{pid}.npz") for pid in range(2)]
+    for got in results:
+        assert list(got["steps"]) == [3, 4, 5, 6]  # Resumed from step 2.
+        # Steps 3 and 4 again, from step 2's state: the losses the first run logged for them.
+        np.testing.assert_allclose(got["loss"][:2], first["loss"][2:4], rtol=1e-5, atol=1e-6)
+    for k in results[0].files:
+        np.testing.assert_array_equal(results[0][k], results[1][k], err_msg=k)
+    assert os.listdir(os.path.join(wd, "damaged_checkpoints")) == ["4.0"]
+    assert {"4", "6"} <= set(os.listdir(os.path.join(wd, "checkpoints")))
+
+
 @pytest.mark.parametrize(
     "env, match",
     [

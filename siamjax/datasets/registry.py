@@ -6,7 +6,10 @@ plus its folder.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import ml_collections
@@ -149,11 +152,43 @@ def prepare(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     names = dataset_names(config)
     if len(names) > 1:
         return [prepare(single(config, n)) for n in names][-1]
-    builder, manual_dir = make_builder(config)
-    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    logging.info("dataset %s/%s in %s", builder.name, builder.builder_config.name, builder.data_dir)
-    builder.download_and_prepare(download_config=download_config)
+    # Built under the lock: a builder made while another process writes the dataset would not
+    # see the splits that process is about to publish.
+    with preparing(tfds_data_dir(config), config.dataset):
+        builder, manual_dir = make_builder(config)
+        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+        logging.info(
+            "dataset %s/%s in %s", builder.name, builder.builder_config.name, builder.data_dir
+        )
+        builder.download_and_prepare(download_config=download_config)
     return builder
+
+
+LOCK_DIR = ".siamjax_locks"  # Under the TFDS data dir.
+
+
+@contextlib.contextmanager
+def preparing(data_dir: str, name: str) -> Iterator[None]:
+    """Holds an exclusive lock on preparing dataset `name` in `data_dir`: two processes (two
+    trainings, or the processes of one multi-process run) that prepare it at once take turns,
+    and the second finds it prepared. `fcntl.flock` on <data_dir>/.siamjax_locks/<name>.lock:
+    processes of one host, or hosts whose shared file system supports flock (local disks, NFSv4,
+    most cluster file systems); where it does not, prepare the dataset first (README)."""
+    folder = os.path.join(data_dir, LOCK_DIR)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write the TFDS data dir {data_dir}: {e.strerror or e}.") from e
+    with open(os.path.join(folder, f"{name}.lock"), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.info("waiting for another process preparing %s in %s", name, data_dir)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_catalog(config: ml_collections.ConfigDict, split: str = "train") -> catalog_lib.Catalog:
