@@ -12,6 +12,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # Seeds parameters, augmentation, writer splits and pair sampling.
+    # A workdir whose best checkpoint's encoder (same encoder and input size) starts this run's
+    # encoder: pretrain (e.g. on many synthetic writers), then fine-tune on real ones. '' = none.
+    c.init_from = ""
 
     # ---- Data ---------------------------------------------------------------------------------
     # Which TFDS builder: 'synthetic' (embedded, no download), 'sigcomp2011', 'cedar',
@@ -32,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.synthetic.forgeries_per_writer = 12  # Skilled forgeries per writer.
     c.synthetic.forgers_per_writer = 3  # Distinct forgers imitating each writer.
     c.synthetic.seed = 1234  # Generation seed: same seed, same images.
+    # 'tremor': forgers copy slowly and shakily (spotted from the forgery alone); 'skilled': the
+    # writer's shape kept with small errors and little hesitation, for pretraining comparison.
+    c.synthetic.forgery_style = "tremor"
 
     # Real datasets: options shared by the real builders (sigcomp2011, cedar, signature_folder).
     c.real = ml_collections.ConfigDict()

@@ -96,6 +96,12 @@ def main(argv: list[str]) -> None:
     p.add_argument("--name", required=True, help="Candidate name (its workdirs' folder).")
     p.add_argument("--splits", default="fold0,fold1,fold2", help="foldN or seedN, comma-separated.")
     p.add_argument("--workdirs", default=os.path.join("workdirs", "selection"))
+    p.add_argument(
+        "--train_name",
+        default=None,
+        help="Reuse the trainings of this candidate (its workdirs) and change only the "
+        "evaluation (e.g. K references, enrolment); default: --name.",
+    )
     p.add_argument("--log", default=LOG, help="JSON lines file the result is appended to.")
     p.add_argument("--note", default="", help="Why this candidate (goes into the log line).")
     opts = p.parse_args(argv[:cut])
@@ -104,7 +110,8 @@ def main(argv: list[str]) -> None:
     if len(splits) < 3:
         print("warning: fewer than 3 splits: the mean says little", file=sys.stderr)
     t0 = time.time()
-    runs = [score_split(args, s, os.path.join(ROOT, opts.workdirs, opts.name, s)) for s in splits]
+    trained = opts.train_name or opts.name
+    runs = [score_split(args, s, os.path.join(ROOT, opts.workdirs, trained, s)) for s in splits]
     mean = lambda key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
     commit, dirty = git_commit()
     line = {

@@ -113,7 +113,8 @@ class Data:
         self, split: str, references: int = 1, seed: int = 0, allow_fewer_writers: bool = False
     ) -> pairs_lib.Trials:
         """The split's fixed pairs (references == 1) or, each writer's K references drawn by
-        `seed`, its K-reference trials (`pairs.reference_trials`)."""
+        `seed`, its K-reference trials (`pairs.reference_trials`: writers with fewer than K + 1
+        genuine signatures are an error unless `allow_fewer_writers`)."""
         if references == 1:
             return pairs_lib.pairs_as_trials(self.eval_pairs[split])
         cat = self.catalog

@@ -21,6 +21,8 @@ SVM), so eval.py, siamjax-verify and the service enrol the same way.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -109,9 +111,84 @@ def score(enrollment: Enrollment, questioned: np.ndarray, pair_logits: PairLogit
     refs = np.repeat(enrollment.references[None], n, axis=0).reshape(n * k, -1)
     logits = np.asarray(pair_logits(refs, np.repeat(q, k, axis=0)), np.float32).reshape(n, k)
     if enrollment.method == "none":
-        probs = np.asarray(scipy.special.expit(logits), np.float64)  # As inference.probabilities.
+        probs = np.asarray(scipy.special.expit(logits), np.float64)  # As scoring.probabilities.
         return scoring.fuse_scores(probs, enrollment.fusion) if k > 1 else probs[:, 0]
     # 'znorm' fuses in logits, where standardising is exact: a head that adds a constant to
     # every logit, or scales them all, gives the same scores.
     fused = scoring.fuse_scores(logits.astype(np.float64), enrollment.fusion)
     return scipy.special.expit((fused - enrollment.center) / enrollment.spread)
+
+
+# ---- What eval.py stores for siamjax-verify and the service -----------------------------------
+#
+# A writer enrolment's scores live on their own scale, so its threshold is chosen on validation
+# under the same method and K (eval.py does), and stored in the workdir beside what 'svm' needs
+# (the training writers' genuine embeddings): <workdir>/enrollment/<method>_k<K>.json and
+# <workdir>/enrollment/negatives_step<N>.npy.
+FOLDER = "enrollment"
+
+
+def calibration_path(workdir: str, method: str, k: int) -> str:
+    return os.path.join(workdir, FOLDER, f"{method}_k{k}.json")
+
+
+def negatives_path(workdir: str, step: int) -> str:
+    return os.path.join(workdir, FOLDER, f"negatives_step{step}.npy")
+
+
+def save_calibration(
+    workdir: str,
+    method: str,
+    k: int,
+    *,
+    threshold: float,
+    step: int,
+    fusion: str,
+    negatives: np.ndarray | None,
+) -> str:
+    """Writes the calibration of (`method`, `k`) at checkpoint `step`; returns its path."""
+    os.makedirs(os.path.join(workdir, FOLDER), exist_ok=True)
+    if negatives is not None:
+        np.save(negatives_path(workdir, step), np.asarray(negatives, np.float32))
+    path = calibration_path(workdir, method, k)
+    doc = {"method": method, "references": k, "threshold": float(threshold), "step": int(step)}
+    doc["fusion"] = fusion
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, path)  # Never half-written: a reader sees the old file or the new one.
+    return path
+
+
+def load_calibration(
+    workdir: str, method: str, k: int, step: int
+) -> tuple[dict, np.ndarray | None]:
+    """(calibration, negatives or None) of (`method`, `k`) for checkpoint `step`; a UserError
+    saying which eval.py command makes them when they are missing or of another checkpoint."""
+    path = calibration_path(workdir, method, k)
+    make = (
+        f"run `python eval.py --config=... --workdir={workdir} --split=validation "
+        f"--config.eval.enrollment={method} --config.eval.references={k}` to choose it"
+    )
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        raise UserError(
+            f"no calibrated threshold for enrolment {method!r} with {k} reference(s) in "
+            f"{os.path.dirname(path)}: {make}."
+        ) from None
+    if int(doc["step"]) != int(step):
+        raise UserError(
+            f"{path} was calibrated on checkpoint step {doc['step']}, not {step}: {make}."
+        )
+    negatives = None
+    if method == "svm":
+        try:
+            negatives = np.load(negatives_path(workdir, step))
+        except OSError:
+            raise UserError(
+                f"{negatives_path(workdir, step)} is missing (the training writers' genuine "
+                f"embeddings 'svm' enrols against): {make}."
+            ) from None
+    return doc, negatives

@@ -55,62 +55,117 @@ def run_evaluation(
     config: ml_collections.ConfigDict, workdir: str, split: str = "test", step: int | None = None
 ) -> dict[str, Any]:
     """Evaluates `split` ('validation' or 'test') of the training dataset, or of
-    config.eval.dataset; writes `eval_dir(...)` and returns the metrics dict."""
+    config.eval.dataset; writes `eval_dir(...)` and returns the metrics dict.
+
+    `config.eval.scorer` other than 'model' scores with an untrained ink-darkness control
+    (`siamjax.ink_baseline`): no checkpoint is read, and `workdir` only receives the report.
+    """
     if split not in ("validation", "test"):
         raise UserError(f"--split={split!r}; use 'validation' or 'test'.")
     if config.eval.fusion not in scoring.FUSE_METHODS:
         raise UserError(
             f"config.eval.fusion={config.eval.fusion!r}; use one of {scoring.FUSE_METHODS}."
         )
+    k, per_writer = config.eval.references, bool(config.eval.user_thresholds)
+    method = config.eval.enrollment
+    from siamjax import enrollment
+
+    enrollment.check_method(method, k)
+    if config.eval.scorer != "model" and (method != "none" or per_writer):
+        raise UserError(
+            f"config.eval.scorer={config.eval.scorer!r} scores ink alone: it takes no "
+            "enrollment and no per-writer thresholds."
+        )
     workdir = os.path.abspath(workdir)
     target_config = eval_dataset_config(config)
-    mesh = parallel.make_mesh()
-    restored = workdir_lib.restore(config, workdir, step, mesh)
     data = Data(target_config)
     if split not in data.eval_pairs:
         raise UserError(
             f"the {split} split of {target_config.dataset} has no writers under config.split."
         )
-    scorer = inference.Scorer(restored.model, mesh, config.eval_batch_size)
-    k, per_writer = config.eval.references, bool(config.eval.user_thresholds)
-
-    def trial_set(d: Data, name: str) -> evaluation.TrialSet:
-        scores = inference.TrialScores(
-            scorer, restored.variables, d.catalog.images, config.eval.fusion
-        )
-        return evaluation.TrialSet(
-            d.trials(name, k, config.seed, bool(config.eval.allow_fewer_writers)),
-            d.catalog.writer,
-            scores,
-            scores.enrol,
-        )
-
-    # The training dataset, for its validation split: built only when the threshold (or the
-    # prior) is not stored with the checkpoint.
+    # The training dataset, for its validation split (and the enrolment's negatives): built
+    # only when needed.
     train_data = data if target_config is config else None
-    threshold = restored.threshold if k == 1 else None  # Chosen under the same protocol.
+
+    def training_data() -> Data:
+        nonlocal train_data
+        train_data = train_data or Data(config)
+        return train_data
+
+    def trials_of(d: Data, name: str) -> pairs_lib.Trials:
+        return d.trials(name, k, config.seed, bool(config.eval.allow_fewer_writers))
+
+    if config.eval.scorer == "model":
+        mesh = parallel.make_mesh()
+        restored = workdir_lib.restore(config, workdir, step, mesh)
+        scorer = inference.Scorer(restored.model, mesh, config.eval_batch_size)
+        negatives = None
+        if method == "svm":  # Other writers' genuine signatures: the training split's.
+            train = training_data()
+            idx = train.indices["train"]
+            negatives = (idx[train.catalog.is_genuine[idx]], train.catalog.images)
+
+        def trial_set(d: Data, name: str) -> evaluation.TrialSet:
+            plain = inference.TrialScores(
+                scorer, restored.variables, d.catalog.images, config.eval.fusion
+            )
+            score = plain
+            if method != "none":
+                score = inference.EnrolledScores(
+                    scorer,
+                    restored.variables,
+                    d.catalog.images,
+                    method,
+                    config.eval.fusion,
+                    *(negatives or (None, None)),
+                )
+            return evaluation.TrialSet(trials_of(d, name), d.catalog.writer, score, plain.enrol)
+
+        # The saved threshold was chosen on the fixed validation pairs scored plainly.
+        threshold = restored.threshold if k == 1 and method == "none" else None
+        prior, checkpoint_step = restored.prior_positive, restored.step
+    else:
+        from siamjax import ink_baseline
+
+        def trial_set(d: Data, name: str) -> evaluation.TrialSet:
+            ink = ink_baseline.InkScorer.fit(
+                config.eval.scorer, d.catalog.images, d.catalog.is_genuine, d.indices["train"]
+            )
+            return evaluation.TrialSet(trials_of(d, name), d.catalog.writer, ink.trial_scores)
+
+        threshold, prior, checkpoint_step = None, None, 0
     validation = None  # None: the target is the training dataset's validation split itself.
     if (threshold is None or per_writer) and (train_data is None or split != "validation"):
-        train_data = train_data or Data(config)
-        validation = trial_set(train_data, "validation")
-    prior = restored.prior_positive
-    prior = float(prior if prior is not None else (train_data or Data(config)).prior_positive)
+        validation = trial_set(training_data(), "validation")
+    prior = float(prior if prior is not None else training_data().prior_positive)
     target = trial_set(data, split)
     result = evaluation.evaluate(
         target, prior, threshold=threshold, validation=validation, per_writer=per_writer
     )
     results = dict(result.metrics)
-    results.update(
-        swap_effect(
-            scorer, restored.variables, data.catalog.images, target.trials, result.threshold
+    if config.eval.scorer == "model":
+        results.update(
+            swap_effect(
+                scorer, restored.variables, data.catalog.images, target.trials, result.threshold
+            )
         )
-    )
     out_dir = eval_dir(config, workdir, split)
+    if jax.process_index() == 0 and method != "none":
+        # What siamjax-verify and the service need to enrol the same way at this threshold.
+        enrollment.save_calibration(
+            workdir,
+            method,
+            k,
+            threshold=result.threshold,
+            step=checkpoint_step,
+            fusion=config.eval.fusion,
+            negatives=target.score.negatives,
+        )
     if jax.process_index() == 0:
         report.write_outputs(
             out_dir,
             config,
-            restored.step,
+            checkpoint_step,
             results,
             result.scored.scores,
             target.trials,
@@ -118,7 +173,7 @@ def run_evaluation(
             prior,
         )
     logging.info("wrote %s", out_dir)
-    print(report.format_table(results, split, restored.step, config))
+    print(report.format_table(results, split, checkpoint_step, config))
     return results
 
 

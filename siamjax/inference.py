@@ -166,3 +166,57 @@ class TrialScores:
     def enrol(self, trials: pairs_lib.Trials) -> np.ndarray:
         """[n] float64: `enrollment_means`."""
         return enrollment_means(self.scorer, self.variables, self.images, trials)
+
+
+class EnrolledScores:
+    """A model's scores of K-reference trials through a writer enrolment (`siamjax.enrollment`):
+    each distinct reference set (one per writer) is enrolled once on its embeddings, then scores
+    its questioned signatures. The `score` of a `siamjax.evaluation.TrialSet`.
+
+    `negatives` [N] indices into `images` of other writers' genuine signatures (the training
+    split's), for 'svm'; with method 'none' the scores equal `TrialScores`'.
+    """
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        variables: Any,
+        images: np.ndarray,
+        method: str,
+        fusion: str = "mean",
+        negatives: np.ndarray | None = None,
+        negative_images: np.ndarray | None = None,
+    ):
+        self.scorer, self.variables, self.images = scorer, variables, images
+        self.method, self.fusion = method, fusion
+        self.negatives = None
+        if negatives is not None and len(negatives):
+            source = images if negative_images is None else negative_images
+            self.negatives = self.scorer.embeddings(variables, source[np.asarray(negatives)])
+
+    def pair_logits(self, e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
+        """The head's logits [n] of reference embeddings e1 against questioned e2, [n, D]."""
+        return self.scorer.score_embeddings(self.variables, e1, e2)
+
+    def __call__(self, trials: pairs_lib.Trials) -> np.ndarray:
+        """[n] float64 scores in (0, 1), each trial scored by its writer's enrolment."""
+        from siamjax import enrollment
+
+        enrollment.check_method(self.method, trials.references.shape[1])
+        used = np.unique(np.concatenate([trials.references.reshape(-1), trials.questioned]))
+        emb = self.scorer.embeddings(self.variables, self.images[used])
+        at = lambda idx: emb[np.searchsorted(used, idx)]  # noqa: E731
+        sets, inverse = np.unique(trials.references, axis=0, return_inverse=True)
+        inverse = np.reshape(inverse, -1)
+        out = np.empty(len(trials), np.float64)
+        for s, refs in enumerate(sets):
+            rows = np.flatnonzero(inverse == s)
+            enrolled = enrollment.enroll(
+                self.method,
+                at(refs),
+                self.pair_logits,
+                fusion=self.fusion,
+                negatives=self.negatives,
+            )
+            out[rows] = enrollment.score(enrolled, at(trials.questioned[rows]), self.pair_logits)
+        return out

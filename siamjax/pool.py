@@ -68,4 +68,6 @@ def max_pool(
     """[N, H, W, C] -> [N, OH, OW, C] max pool; with `fast_grad` (VALID only) the gradient above."""
     if fast_grad and padding == "VALID":
         return _max_pool_valid(x, tuple(window), tuple(strides))
-    return nn.max_pool(x, window, strides=strides, padding=padding)
+    # window_shape by keyword: jax2onnx (siamjax.export) replaces nn.max_pool while it traces by
+    # a function that takes only keywords after the input.
+    return nn.max_pool(x, window_shape=window, strides=strides, padding=padding)

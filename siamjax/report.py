@@ -53,8 +53,14 @@ def write_outputs(
     doc = {
         "metrics": metrics.jsonable(results),
         "checkpoint_step": int(step),
-        "pair_counts": trials.counts(),
+        "pair_counts": trials.counts(),  # Trials per kind (genuine, skilled, random).
         "references": int(trials.references.shape[1]),
+        "writers_evaluated": int(len(np.unique(cat.writer[trials.references[:, 0]]))),
+        # Writers of the split without K + 1 genuine signatures (config.eval.allow_fewer_writers).
+        "writers_left_out": list(trials.left_out),
+        "enrollment": config.eval.get("enrollment", "none"),
+        "scorer": config.eval.get("scorer", "model"),
+        "ink": config.get("real", {}).get("ink", "raw"),
         "fusion": config.eval.fusion,
         "user_thresholds": bool(config.eval.user_thresholds),
         "prior_positive": prior,
@@ -114,9 +120,13 @@ def format_table(
 ) -> str:
     per_writer = ", per-writer thresholds" if config.eval.user_thresholds else ""
     where = f"{config.eval.dataset} (trained on {config.dataset}) " if config.eval.dataset else ""
+    ev = config.eval
+    how = f", enrolment {ev.enrollment}" if ev.get("enrollment", "none") != "none" else ""
+    if ev.get("scorer", "model") != "model":
+        how += f", scorer {ev.scorer} (untrained ink control)"
     lines = [
         f"{where}{split} split, checkpoint step {step}, "
-        f"{config.eval.references} reference(s), fusion {config.eval.fusion}{per_writer}",
+        f"{ev.references} reference(s), fusion {ev.fusion}{per_writer}{how}",
         f"pairs: {int(results['n_genuine'])} genuine, {int(results['n_skilled'])} skilled, "
         f"{int(results['n_random'])} random",
     ]

@@ -198,6 +198,40 @@ def init_state_on_mesh(
 # Workdir checks
 
 
+def init_encoder_from(
+    state: TrainState, config: ml_collections.ConfigDict, source: str, mesh: jax.sharding.Mesh
+) -> TrainState:
+    """`state` with its encoder's parameters and BatchNorm statistics taken from the best
+    checkpoint of the workdir `source` (pretraining, e.g. on synthetic writers, then fine-tuning
+    here); the head and the optimiser start fresh. `source` must hold the same encoder at the
+    same input size (the model fingerprint without the head's keys); a resumed run ignores it,
+    since its checkpoint already holds the fine-tuned encoder."""
+    source_config = workdir_lib.load_config(source)
+
+    def encoder_fingerprint(c: ml_collections.ConfigDict) -> dict:
+        fp = workdir_lib.model_fingerprint(c)
+        fp["model"] = {k: v for k, v in fp["model"].items() if k not in ("head_hidden", "combine")}
+        return fp
+
+    mine, theirs = encoder_fingerprint(config), encoder_fingerprint(source_config)
+    if mine != theirs:
+        raise UserError(
+            f"config.init_from={source}: its encoder or input differs from this config's "
+            f"({theirs} there, {mine} here)."
+        )
+    restored = workdir_lib.restore(source_config, source, None, mesh)
+    params = dict(state.params)
+    params["encoder"] = restored.variables["params"]["encoder"]
+    batch_stats = dict(state.batch_stats or {})
+    if "encoder" in (restored.variables.get("batch_stats") or {}):
+        batch_stats["encoder"] = restored.variables["batch_stats"]["encoder"]
+    logging.info("encoder initialised from %s (step %d)", source, restored.step)
+    return state.replace(
+        params=jax.device_put(params, parallel.replicated(mesh)),
+        batch_stats=jax.device_put(batch_stats, parallel.replicated(mesh)),
+    )
+
+
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Makes sure `workdir` is writable and, if it holds a run, that it is of the same model.
 
@@ -490,6 +524,8 @@ def _setup(
             config.model.encoder,
             sum(x.size for x in jax.tree.leaves(state.params)),
         )
+        if config.init_from:
+            state = init_encoder_from(state, config, config.init_from, mesh)
 
     # Global batches made ahead in a thread, so that the host's share of a step overlaps the
     # step even where the step call blocks (XLA:CPU runs it in the calling thread). Started

@@ -11,6 +11,7 @@ from configs import synthetic
 from siamjax import eval_lib, inference, models, pairs, parallel
 from siamjax import workdir as workdir_lib
 from siamjax.data import Data
+from siamjax.errors import UserError
 
 
 @pytest.fixture
@@ -104,3 +105,80 @@ def test_swap_effect_is_zero_only_for_a_symmetric_head(combine):
         assert got["swap_mean_change"] == 0.0 and got["swap_flip_rate"] == 0.0
     else:  # Even untrained, the signed difference moves the score.
         assert got["swap_mean_change"] > 1e-6
+
+
+def test_enrolment_none_equals_the_plain_k_reference_scores(trained):
+    cfg, workdir = trained
+    mesh = parallel.make_mesh()
+    restored = workdir_lib.restore(cfg, workdir, None, mesh)
+    data = Data(cfg)
+    trials = data.trials("test", 2, seed=0)
+    scorer = inference.Scorer(restored.model, mesh, cfg.eval_batch_size)
+    images = data.catalog.images
+    plain = inference.TrialScores(scorer, restored.variables, images, "mean")(trials)
+    enrolled = inference.EnrolledScores(scorer, restored.variables, images, "none", "mean")
+    # Embedding once and scoring embeddings is the same float32 computation as scoring pairs.
+    np.testing.assert_allclose(enrolled(trials), plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["znorm", "svm"])
+def test_enrolment_methods_evaluate_and_say_so(trained, method):
+    cfg, workdir = trained
+    cfg.eval.references = 2
+    cfg.eval.enrollment = method
+    metrics = eval_lib.run_evaluation(cfg, workdir, "test")
+    doc = json.load(open(f"{workdir}/eval/test/metrics.json"))
+    assert doc["enrollment"] == method and doc["writers_left_out"] == []
+    assert doc["writers_evaluated"] == len(Data(cfg).splits["test"])
+    assert 0.0 <= metrics["eer"] <= 1.0 and np.isfinite(metrics["threshold"])
+
+
+def test_too_few_genuine_for_k_is_refused_unless_allowed(trained):
+    cfg, workdir = trained
+    cfg.eval.references = cfg.synthetic.genuine_per_writer  # Needs one more genuine per writer.
+    with pytest.raises(UserError, match="allow_fewer_writers"):
+        eval_lib.run_evaluation(cfg, workdir, "test")
+
+
+@pytest.mark.parametrize("scorer", ["ink", "ink_pair"])
+def test_ink_controls_need_no_checkpoint(trained, tmp_path, scorer):
+    cfg, _ = trained
+    cfg.eval.scorer = scorer
+    metrics = eval_lib.run_evaluation(cfg, str(tmp_path), "test")
+    doc = json.load(open(tmp_path / "eval" / "test" / "metrics.json"))
+    assert doc["scorer"] == scorer and doc["checkpoint_step"] == 0
+    assert 0.0 <= metrics["eer"] <= 1.0 and "swap_flip_rate" not in doc["metrics"]
+
+
+@pytest.mark.parametrize("method", ["znorm", "svm"])
+def test_the_verifier_enrols_as_eval_does(trained, method):
+    """eval.py stores the enrolment's validation threshold (and svm's negatives); the Verifier
+    then scores a writer's K references and a questioned signature as eval.py scored that trial."""
+    from siamjax import enrollment, verify
+
+    cfg, workdir = trained
+    cfg.eval.references, cfg.eval.enrollment = 2, method
+    eval_lib.run_evaluation(cfg, workdir, "test")
+    with open(enrollment.calibration_path(workdir, method, 2)) as f:
+        calibration = json.load(f)
+    data = Data(cfg)
+    trials = data.trials("test", 2, seed=0)
+    v = verify.Verifier(workdir, fusion=cfg.eval.fusion, enrollment=method).load()
+    assert calibration["step"] == v.step
+    mesh = parallel.make_mesh()
+    restored = workdir_lib.restore(cfg, workdir, None, mesh)
+    scorer = inference.Scorer(restored.model, mesh, cfg.eval_batch_size)
+    train = data.indices["train"]
+    negatives = train[data.catalog.is_genuine[train]] if method == "svm" else None
+    images = data.catalog.images
+    expected = inference.EnrolledScores(
+        scorer, restored.variables, images, method, cfg.eval.fusion, negatives
+    )(trials)
+    for i in (0, len(trials) // 2, len(trials) - 1):
+        refs, q = trials.references[i], trials.questioned[i]
+        emb = v.embed_images(images[[*refs, q]])
+        d = v.decide_embeddings(emb[:2], emb[2], ["r1", "r2"], "q")
+        assert d.enrollment == method and d.threshold == pytest.approx(calibration["threshold"])
+        assert d.score == pytest.approx(expected[i], abs=1e-5)  # float32 embeddings, same maths.
+    with pytest.raises(UserError, match="no calibrated threshold"):
+        v.decide_embeddings(emb, emb[2], ["r1", "r2", "q"], "q")

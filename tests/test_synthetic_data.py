@@ -108,3 +108,36 @@ def test_tfds_round_trip(tmp_path):
     assert data["image"].shape == (12, 32, 48, 1) and data["image"].dtype == np.uint8
     assert int(data["is_genuine"].sum()) == 6
     assert sorted(set(data["writer"])) == [b"w0000", b"w0001", b"w0002"]
+
+
+def test_skilled_forgeries_stay_closer_to_the_writer_than_trembling_ones():
+    """forgery_style='skilled' keeps the writer's shape: how much further its forgeries lie from
+    the writer's mean genuine image than the genuine ones do (pixel distance) is smaller than for
+    the 'tremor' forgers' copies, from the same draws; genuine signatures are the same."""
+    from siamjax import synthetic as synth
+
+    excess, genuine_images = {}, {}
+    for style in synth.FORGERY_STYLES:
+        s = synth.Settings(
+            num_writers=6,
+            genuine_per_writer=6,
+            forgeries_per_writer=6,
+            forgers_per_writer=2,
+            height=64,
+            width=96,
+            seed=7,
+            forgery_style=style,
+        )
+        gaps = []
+        for w in range(s.num_writers):
+            ex = synth.render_writer(w, s)
+            img = np.stack([e["image"][..., 0] for e in ex]).astype(np.float32)
+            is_genuine = np.array([e["is_genuine"] for e in ex])
+            gen, forg = img[is_genuine], img[~is_genuine]
+            own = [np.abs(g - np.delete(gen, i, 0).mean(0)).mean() for i, g in enumerate(gen)]
+            gaps.append(np.abs(forg - gen.mean(0)).mean() - np.mean(own))
+            genuine_images.setdefault(w, []).append(gen)
+        excess[style] = float(np.mean(gaps))
+    assert 0 < excess["skilled"] < 0.9 * excess["tremor"], excess
+    for both in genuine_images.values():
+        np.testing.assert_array_equal(*both)

@@ -94,3 +94,34 @@ def test_a_workdir_under_a_file_is_a_user_error(tiny_config, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="cannot be written"):
         train_lib.train_and_evaluate(tiny_config(), str(tmp_path / "file" / "run"))
+
+
+def test_init_from_takes_the_encoder_and_leaves_the_head(tiny_run):
+    """config.init_from: pretraining's encoder (parameters and BatchNorm statistics) starts the
+    run; the head keeps its fresh initialisation; another encoder is refused."""
+    from siamjax import models, parallel
+    from siamjax import workdir as workdir_lib
+
+    source_cfg, source = tiny_run
+    cfg = source_cfg.copy_and_resolve_references()
+    cfg.model.head_hidden = (8,)  # Another head: allowed.
+    mesh = parallel.make_mesh()
+    fresh, _ = train_lib.init_state_on_mesh(cfg, models.create_model(cfg.model), mesh, 10)
+    state = train_lib.init_encoder_from(fresh, cfg, source, mesh)
+    pretrained = workdir_lib.restore(source_cfg, source, None, mesh).variables
+    same = jax.tree.map(
+        np.array_equal, jax.device_get(state.params["encoder"]), pretrained["params"]["encoder"]
+    )
+    assert all(jax.tree.leaves(same))
+    stats = jax.tree.map(
+        np.array_equal,
+        jax.device_get(state.batch_stats["encoder"]),
+        pretrained["batch_stats"]["encoder"],
+    )
+    assert all(jax.tree.leaves(stats))
+    head = jax.tree.map(np.array_equal, state.params["head"], fresh.params["head"])
+    assert all(jax.tree.leaves(head))
+    other = cfg.copy_and_resolve_references()
+    other.model.embedding_dim = 8
+    with pytest.raises(UserError, match="init_from"):
+        train_lib.init_encoder_from(fresh, other, source, mesh)

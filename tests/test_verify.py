@@ -22,6 +22,7 @@ from siamjax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DECISION_KEYS = {
+    "enrollment",
     "questioned",
     "references",
     "reference_scores",

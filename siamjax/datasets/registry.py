@@ -95,6 +95,7 @@ def synthetic_settings(config: ml_collections.ConfigDict) -> synthetic.Settings:
         height=config.image_height,
         width=config.image_width,
         seed=s.seed,
+        forgery_style=s.get("forgery_style", "tremor"),
     )
 
 

@@ -16,12 +16,14 @@ threshold: it comes from the checkpoint (chosen on the validation split), or `--
 Python API (from `siamjax.verify.lib` and `siamjax.verify.records`):
 `Verifier(workdir).verify(references, questioned)` -> `Decision`; `Verifier.verify_pairs(pairs)`
 yields a `Decision` or a `Failure` per `Pair`; `Verifier.embeddings(paths)` -> the encoder's [n, D]
-embeddings of files; `read_pairs_csv(path)` -> the `Pair`s of a CSV. The command line is
+embeddings of files; `read_pairs_csv(path)` -> the `Pair`s of a CSV. For callers that hold bytes
+and embeddings rather than files (`siamjax.serve`, `siamjax.export`): `Verifier.preprocess_bytes`,
+`embed_images`, `decide_embeddings`, `model_identity`. The command line is
 `siamjax.verify.cli`.
 """
 
 from siamjax.verify.cli import format_decision, main, run
-from siamjax.verify.lib import FUSIONS, Verifier, load_config
+from siamjax.verify.lib import FUSIONS, Verifier, config_fusion, load_config
 from siamjax.verify.records import Decision, Failure, Pair, display_path, read_pairs_csv
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "Failure",
     "Pair",
     "Verifier",
+    "config_fusion",
     "display_path",
     "format_decision",
     "load_config",

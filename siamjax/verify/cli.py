@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from siamjax import cli
 from siamjax.errors import UserError, one_line
-from siamjax.verify.lib import FUSIONS, Verifier
+from siamjax.verify.lib import ENROLLMENTS, FUSIONS, Verifier
 from siamjax.verify.records import Decision, Failure, read_pairs_csv
 
 
@@ -79,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
         choices=FUSIONS,
         default="mean",
         help="how the scores against K references become one (default: mean)",
+    )
+    p.add_argument(
+        "--enrollment",
+        choices=ENROLLMENTS,
+        default=None,
+        help="writer enrolment of the K references (siamjax/enrollment.py; default: the "
+        "workdir's config.eval.enrollment); other than 'none' it needs the threshold eval.py "
+        "chose for it on validation (--config.eval.enrollment=... --config.eval.references=K)",
     )
     p.add_argument(
         "--threshold",
@@ -166,7 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet(args.verbose)
     try:
         verifier = Verifier(
-            args.workdir, step=args.step, threshold=args.threshold, fusion=args.fusion
+            args.workdir,
+            step=args.step,
+            threshold=args.threshold,
+            fusion=args.fusion,
+            enrollment=args.enrollment,
         )
         if args.pairs:
             return _run_batch(verifier, args.pairs, args.json)

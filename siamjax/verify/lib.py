@@ -16,18 +16,28 @@ from typing import Any
 
 import numpy as np
 
+from siamjax import enrollment as enrollment_lib
 from siamjax import scoring
+from siamjax import workdir as workdir_lib
 from siamjax.errors import UserError, one_line
 from siamjax.verify.records import FORGED, GENUINE, Decision, Failure, Pair, display_path
 from siamjax.workdir import ink_of, load_config
 
 FUSIONS = scoring.FUSE_METHODS
+ENROLLMENTS = enrollment_lib.METHODS
 # Images per jitted embedding call (rounded up to a multiple of the devices). Small, because a
 # typical call has a handful of files; a CSV of thousands still runs at a useful batch size.
 DEFAULT_BATCH_SIZE = 32
 # Pairs of a CSV handled together: their new files are read, embedded and scored, then printed.
 # Bounds memory (images live only while their chunk is processed; embeddings are cached).
 PAIRS_PER_CHUNK = 512
+
+
+def config_fusion(config: Any) -> str:
+    """How a workdir's config fuses K reference scores (`config.eval.fusion`, as eval.py does);
+    the default of the export's contract and of the service's enrolled writers."""
+    eval_config = config.get("eval") or {}
+    return str(eval_config.get("fusion", "mean"))
 
 
 class Verifier:
@@ -45,6 +55,7 @@ class Verifier:
         step: int | None = None,
         threshold: float | None = None,
         fusion: str = "mean",
+        enrollment: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         workers: int | None = None,
     ):
@@ -57,12 +68,22 @@ class Verifier:
         self.height, self.width = int(self.config.image_height), int(self.config.image_width)
         self.ink = ink_of(self.config)
         self.fusion = fusion
+        # Writer enrolment (siamjax.enrollment): given, else the workdir's config.eval.enrollment.
+        self.enrollment = enrollment or str(
+            (self.config.get("eval") or {}).get("enrollment", "none")
+        )
+        if self.enrollment not in ENROLLMENTS:
+            raise UserError(
+                f"--enrollment {self.enrollment!r} is unknown; use one of {', '.join(ENROLLMENTS)}."
+            )
+        self._calibrations: dict[int, tuple[dict, Any]] = {}  # K -> (calibration, negatives).
         self._requested_step, self._threshold_override = step, threshold
         self._batch_size = batch_size
         self._workers = workers or min(8, os.cpu_count() or 1)
         self._scorer: Any = None  # An inference.Scorer, once the model is restored.
         self._embeddings: dict[str, np.ndarray] = {}  # Absolute path -> [D] float32.
         self._bad_files: dict[str, str] = {}  # Absolute path -> one-line error.
+        self._identity: dict[str, Any] | None = None  # model_identity(), once computed.
 
     def _ensure_model(self) -> None:
         """Restores the checkpoint and its calibration, on this process's devices."""
@@ -90,6 +111,42 @@ class Verifier:
         self.step = restored.step
         self._variables = restored.variables
         self._scorer = inference.Scorer(restored.model, mesh, -(-self._batch_size // n) * n)
+
+    def load(self) -> Verifier:
+        """Restores the model now rather than on first use (a service's start-up, the export);
+        afterwards `threshold`, `threshold_source`, `prior_positive`, `step` and `variables`
+        are set. Returns self."""
+        self._ensure_model()
+        return self
+
+    @property
+    def variables(self) -> Any:
+        """The restored {"params", "batch_stats"} (after `load`), replicated on this process's
+        devices: what the export traces and the service's digest covers."""
+        self._ensure_model()
+        return self._variables
+
+    def model_identity(self) -> dict[str, Any]:
+        """What tells this model from any other: `model_fingerprint` (the config keys that shape
+        the network and its input), `checkpoint_step` and `weights_sha256` (every restored
+        variable, by name, dtype, shape and bytes). Embeddings compare only under equal ones."""
+        if self._identity is None:
+            import hashlib
+
+            import jax
+
+            digest = hashlib.sha256()
+            leaves = jax.tree_util.tree_flatten_with_path(self.variables)[0]
+            for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+                a = np.ascontiguousarray(np.asarray(leaf))
+                digest.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
+                digest.update(a.tobytes())
+            self._identity = {
+                "model_fingerprint": workdir_lib.model_fingerprint(self.config),
+                "checkpoint_step": self.step,
+                "weights_sha256": digest.hexdigest(),
+            }
+        return dict(self._identity)
 
     # ---- files -> embeddings ---------------------------------------------------------------
 
@@ -125,6 +182,19 @@ class Verifier:
         self._ensure_model()
         emb = self._scorer.embeddings(self._variables, np.stack([r for _, r in good]))
         self._embeddings.update((k, e) for (k, _), e in zip(good, emb, strict=True))
+
+    def preprocess_bytes(self, data: bytes, name: str) -> np.ndarray:
+        """A file's bytes as the model sees them: uint8 [height, width, 1], exactly what
+        `embeddings` embeds for a file of these bytes; a bad file is a `UserError` naming `name`."""
+        from siamjax.preprocess import preprocess_bytes
+
+        return preprocess_bytes(data, name, self.height, self.width, self.ink)
+
+    def embed_images(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [n, height, width, 1] (from `preprocess_bytes`) -> float32 [n, D] embeddings, by
+        the same jitted, padded encoder as `embeddings`; nothing is cached."""
+        self._ensure_model()
+        return self._scorer.embeddings(self._variables, np.asarray(images, np.uint8))
 
     def embeddings(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
         """float32 [len(paths), D] encoder outputs of files (cached), e.g. to compare scans or build
@@ -191,21 +261,97 @@ class Verifier:
             if results[i] is not None:
                 continue
             k = len(pair.references)
-            per_ref = scores[start : start + k]
+            embedded = None
+            if self.enrollment != "none":
+                embedded = (
+                    np.stack([self._embeddings[os.path.abspath(r)] for r in pair.references]),
+                    self._embeddings[os.path.abspath(pair.questioned)],
+                )
+            try:
+                results[i] = self._decision(
+                    scores[start : start + k],
+                    display_path(pair.questioned),
+                    tuple(display_path(r) for r in pair.references),
+                    pair.id,
+                    embedded,
+                )
+            except UserError as e:  # No calibration for this K: that pair fails, the rest go on.
+                results[i] = Failure(pair.id, one_line(str(e)))
             start += k
-            fused = float(scoring.fuse_scores(per_ref[None, :], self.fusion)[0])
-            llr = float(scoring.llr(np.array([fused]), self.prior_positive)[0])
-            results[i] = Decision(
-                id=pair.id,
-                questioned=display_path(pair.questioned),
-                references=tuple(display_path(r) for r in pair.references),
-                reference_scores=tuple(float(s) for s in per_ref),
-                fusion=self.fusion,
-                score=fused,
-                llr=llr,
-                prior_positive=self.prior_positive,
-                threshold=self.threshold,
-                decision=GENUINE if fused >= self.threshold else FORGED,
-                checkpoint_step=self.step,
-            )
         return results  # type: ignore[return-value]
+
+    def decide_embeddings(
+        self,
+        references: np.ndarray,
+        questioned: np.ndarray,
+        reference_names: Sequence[str],
+        questioned_name: str,
+        id: str = "",
+    ) -> Decision:
+        """The `Decision` for embeddings already computed (a service's enrolled references):
+        references float32 [K, D], questioned [D], scored and fused exactly as `verify` scores
+        the files they came from. The names are what the decision reports."""
+        self._ensure_model()
+        references = np.asarray(references, np.float32)
+        if references.ndim != 2 or len(references) == 0 or len(reference_names) != len(references):
+            raise ValueError(f"references must be [K >= 1, D], got shape {references.shape}.")
+        e_q = np.repeat(np.asarray(questioned, np.float32)[None], len(references), axis=0)
+        logits = self._scorer.score_embeddings(self._variables, references, e_q)
+        return self._decision(
+            scoring.probabilities(logits),
+            questioned_name,
+            tuple(reference_names),
+            id,
+            (references, np.asarray(questioned, np.float32)),
+        )
+
+    def _enrolled(self, references: np.ndarray, questioned: np.ndarray) -> tuple[float, float]:
+        """(score, threshold) of a questioned embedding [D] against references [K, D] through
+        `self.enrollment`, at the threshold eval.py chose on validation for it and K."""
+        k = len(references)
+        if k not in self._calibrations:
+            self._calibrations[k] = enrollment_lib.load_calibration(
+                self.workdir, self.enrollment, k, self.step
+            )
+        calibration, negatives = self._calibrations[k]
+
+        def pair_logits(e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
+            return self._scorer.score_embeddings(self._variables, e1, e2)
+
+        enrolled = enrollment_lib.enroll(
+            self.enrollment, references, pair_logits, fusion=self.fusion, negatives=negatives
+        )
+        score = float(enrollment_lib.score(enrolled, questioned[None], pair_logits)[0])
+        threshold = self._threshold_override
+        return score, float(calibration["threshold"] if threshold is None else threshold)
+
+    def _decision(
+        self,
+        per_ref: np.ndarray,
+        questioned: str,
+        references: tuple[str, ...],
+        id: str,
+        embedded: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> Decision:
+        """The K reference scores [K] of one questioned file, fused (or, with a writer enrolment,
+        its score from `embedded`: references [K, D], questioned [D]), with llr and decision."""
+        threshold = self.threshold
+        if self.enrollment == "none":
+            fused = float(scoring.fuse_scores(per_ref[None, :], self.fusion)[0])
+        else:
+            fused, threshold = self._enrolled(*embedded)
+        llr = float(scoring.llr(np.array([fused]), self.prior_positive)[0])
+        return Decision(
+            id=id,
+            questioned=questioned,
+            references=references,
+            reference_scores=tuple(float(s) for s in per_ref),
+            fusion=self.fusion,
+            score=fused,
+            llr=llr,
+            prior_positive=self.prior_positive,
+            threshold=threshold,
+            decision=GENUINE if fused >= threshold else FORGED,
+            checkpoint_step=self.step,
+            enrollment=self.enrollment,
+        )

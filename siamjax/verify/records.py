@@ -28,7 +28,8 @@ class Pair:
 class Decision:
     """The answer to a `Pair`. Scores are probabilities that the questioned file is genuine.
 
-    `score` fuses `reference_scores` (one per reference, in order) with `fusion`; `llr` is
+    `score` fuses `reference_scores` (one per reference, in order) with `fusion`, or, with an
+    `enrollment` other than 'none', is the writer enrolment's score (`siamjax.enrollment`); `llr` is
     logit(score) - logit(prior_positive), in nats (> 0 favours genuine), where `prior_positive` is
     the share of genuine pairs the model was trained on; `decision` is "genuine" iff
     score >= threshold.
@@ -45,6 +46,7 @@ class Decision:
     threshold: float
     decision: str
     checkpoint_step: int
+    enrollment: str = "none"
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -51,6 +51,18 @@ class Settings:
     height: int  # Output image size in pixels.
     width: int
     seed: int
+    # FORGERY_STYLES: 'tremor' (a slow, shaky copy whose execution gives it away alone) or
+    # 'skilled' (a practised forger: the writer's shape kept, small errors of proportion and
+    # slant, a little hesitation), so that telling it apart needs the reference.
+    forgery_style: str = "tremor"
+
+
+FORGERY_STYLES = ("tremor", "skilled")
+# 'skilled' forgers: how much of a 'tremor' forger's execution artefacts (tremor, hesitation
+# blobs and stops, pen lifts, angular curves) and of its shape errors (slant; proportions, as
+# factors' distance from 1 in log space; pen width) remain.
+SKILLED_EXECUTION = 0.25
+SKILLED_SHAPE = 0.5
 
 
 # Points per half-cycle when the pen trajectory is built; rendering resamples by arc length.
@@ -317,8 +329,33 @@ def make_writer(seed: int, writer: int) -> Writer:
     )
 
 
-def make_forger(seed: int, writer: int, forger: int) -> Forger:
-    """Draws forger `forger` (index within the writer) of writer `writer`."""
+def make_forger(seed: int, writer: int, forger: int, style: str = "tremor") -> Forger:
+    """Draws forger `forger` (index within the writer) of writer `writer`, of `style`
+    (FORGERY_STYLES); both styles draw the same random numbers, 'skilled' scales them down."""
+    if style not in FORGERY_STYLES:
+        raise ValueError(f"forgery style {style!r}; use one of {FORGERY_STYLES}")
+    forger_ = _draw_forger(seed, writer, forger)
+    if style == "tremor":
+        return forger_
+    e, s = SKILLED_EXECUTION, SKILLED_SHAPE
+    return dataclasses.replace(
+        forger_,
+        slant=forger_.slant * s,
+        ascender=forger_.ascender**s,
+        descender=forger_.descender**s,
+        xheight=forger_.xheight**s,
+        letter_width=forger_.letter_width**s,
+        loop=forger_.loop**s,
+        width=forger_.width**s,
+        tremor=forger_.tremor * e,
+        blobs=forger_.blobs * e,
+        stops=forger_.stops * e,
+        breaks=forger_.breaks * e,
+        angular=forger_.angular * e,
+    )
+
+
+def _draw_forger(seed: int, writer: int, forger: int) -> Forger:
     rng = _rng(seed, writer, 1, forger)
 
     def away(lo: float, hi: float) -> float:
@@ -693,7 +730,10 @@ def render_writer(writer_index: int, settings: Settings) -> list[dict]:
         image = render_genuine(writer, g, height, width, seed, writer_index)
         out.append(_example(image, name, True, -1, f"{name}/genuine_{g:02d}"))
     per_writer = settings.forgers_per_writer
-    forgers = [make_forger(seed, writer_index, k) for k in range(max(per_writer, 1))]
+    forgers = [
+        make_forger(seed, writer_index, k, settings.forgery_style)
+        for k in range(max(per_writer, 1))
+    ]
     for j in range(settings.forgeries_per_writer):
         k = j % len(forgers)
         fid = writer_index * per_writer + k

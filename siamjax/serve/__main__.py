@@ -1,0 +1,3 @@
+from siamjax.serve.cli import run
+
+run()
