@@ -56,7 +56,7 @@ def _scan_paths(n: int, folder: str) -> tuple[list[str], str]:
         return paths[::step][:n], "sigcomp2011"
     from PIL import Image
 
-    from siamjax import synthetic
+    from siamjax.datasets.synthetic import generator as synthetic
 
     out = []
     for i in range(n):
@@ -87,7 +87,7 @@ def main() -> None:
     p.add_argument("--note", default="", help="copied into the line (e.g. what else ran)")
     args = p.parse_args()
 
-    from run import commit_info, machine_info  # bench/run.py, beside this file.
+    from suite.common import commit_info, machine_info  # bench/suite/, beside this file.
 
     from siamjax import cli, export
     from siamjax.verify import Verifier, config_fusion, load_config

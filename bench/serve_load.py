@@ -120,7 +120,7 @@ def main() -> None:
     args = p.parse_args()
 
     import httpx
-    from run import commit_info, machine_info  # bench/run.py, beside this file.
+    from suite.common import commit_info, machine_info  # bench/suite/, beside this file.
 
     tmp = tempfile.TemporaryDirectory()
     scans, source = _scans(48, tmp.name)

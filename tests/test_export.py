@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamjax import synthetic, verify
+from siamjax import verify
+from siamjax.datasets.synthetic import generator as synthetic
 from siamjax.errors import UserError
 
 pytest.importorskip("onnxruntime", reason="the serve extra is not installed")

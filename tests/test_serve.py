@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamjax import synthetic, verify
+from siamjax import verify
+from siamjax.datasets.synthetic import generator as synthetic
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 pytest.importorskip("httpx", reason="the test extra (httpx, for the test client) is missing")

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamjax import synthetic, verify
+from siamjax import verify
+from siamjax.datasets.synthetic import generator as synthetic
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")

@@ -114,7 +114,7 @@ def test_skilled_forgeries_stay_closer_to_the_writer_than_trembling_ones():
     """forgery_style='skilled' keeps the writer's shape: how much further its forgeries lie from
     the writer's mean genuine image than the genuine ones do (pixel distance) is smaller than for
     the 'tremor' forgers' copies, from the same draws; genuine signatures are the same."""
-    from siamjax import synthetic as synth
+    from siamjax.datasets.synthetic import generator as synth
 
     excess, genuine_images = {}, {}
     for style in synth.FORGERY_STYLES:
