@@ -12,7 +12,7 @@ threshold and writes <workdir>/eval/<name>_<split>/.
 from absl import flags
 from ml_collections import config_flags
 
-from siamjax import cli
+from siamjax import entry
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -25,10 +25,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def evaluate() -> None:
-    from siamjax import eval_lib  # After cli.main has prepared the process.
+    from siamjax import eval_lib  # After entry.main has prepared the process.
 
     eval_lib.run_evaluation(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.step)
 
 
 if __name__ == "__main__":
-    cli.main(evaluate)
+    entry.main(evaluate)

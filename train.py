@@ -9,7 +9,7 @@ Rerunning the same command resumes from the latest checkpoint in the workdir.
 from absl import flags, logging
 from ml_collections import config_flags
 
-from siamjax import cli
+from siamjax import entry
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -20,11 +20,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def train() -> None:
-    from siamjax import train_lib  # After cli.main has prepared the process.
+    from siamjax import train_lib  # After entry.main has prepared the process.
 
     logging.info("config:\n%s", FLAGS.config)
     train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    cli.main(train)
+    entry.main(train)

@@ -39,9 +39,9 @@ KINDS = ("bare", "inline", "pipeline", "merged", "loop")
 
 def main(argv):
     del argv
-    from siamjax import cli
+    from siamjax import entry
 
-    cli.hide_gpus_from_tensorflow()
+    entry.hide_gpus_from_tensorflow()
     import jax
     import jax.numpy as jnp
     from clu import periodic_actions

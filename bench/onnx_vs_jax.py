@@ -89,10 +89,10 @@ def main() -> None:
 
     from suite.common import commit_info, machine_info  # bench/suite/, beside this file.
 
-    from siamjax import cli, export
+    from siamjax import entry, export
     from siamjax.verify import Verifier, config_fusion, load_config
 
-    cli.prepare_process()
+    entry.prepare_process()
     tmp = tempfile.TemporaryDirectory()
     out = args.out or os.path.join(tmp.name, "model")
     export.export(args.workdir, out)

@@ -40,9 +40,9 @@ def main(argv):
         os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
     ).strip()
     if not FLAGS.plain_xla:
-        from siamjax import cli
+        from siamjax import entry
 
-        cli.hide_gpus_from_tensorflow()  # Applies siamjax's XLA flags too.
+        entry.hide_gpus_from_tensorflow()  # Applies siamjax's XLA flags too.
     import jax
     import numpy as np
 

@@ -44,7 +44,7 @@ def is_signet_reference(config) -> bool:
 def measure(config, steps: int) -> dict[str, Any]:
     """Times `steps` train steps of `config` (its batch_size and model.dtype) on random pairs.
 
-    Call after `siamjax.cli.hide_gpus_from_tensorflow()`. Returns the dict this script prints.
+    Call after `siamjax.entry.hide_gpus_from_tensorflow()`. Returns the dict this script prints.
     """
     import jax
     import numpy as np
@@ -108,9 +108,9 @@ def measure(config, steps: int) -> dict[str, Any]:
 
 def main(argv):
     del argv
-    from siamjax import cli
+    from siamjax import entry
 
-    cli.hide_gpus_from_tensorflow()
+    entry.hide_gpus_from_tensorflow()
     cfg = FLAGS.config
     cfg.batch_size = FLAGS.batch
     if FLAGS.dtype:

@@ -76,9 +76,9 @@ fi
 
 # Prepare both datasets once, before runs that would otherwise prepare them side by side.
 "$PYTHON" - <<'EOF'
-from siamjax import cli
+from siamjax import entry
 
-cli.hide_gpus_from_tensorflow()
+entry.hide_gpus_from_tensorflow()
 from configs import cedar, sigcomp
 from siamjax.datasets import registry
 

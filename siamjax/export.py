@@ -299,9 +299,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; returns the exit code (0, or 2 for anything the user can fix)."""
     args = _parser().parse_args(argv)
-    from siamjax.verify.cli import _quiet  # The same quiet terminal as siamjax-verify.
+    from siamjax import entry  # The same quiet terminal as siamjax-verify.
 
-    _quiet(args.verbose)
+    entry.quiet_terminal(args.verbose)
     try:
         contract = export(args.workdir, args.out, args.step)
     except UserError as e:
@@ -320,11 +320,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     """Entry point of the `siamjax-export` console script and of `python -m siamjax.export`."""
-    from siamjax import cli
+    from siamjax import entry
 
     if "--verbose" not in sys.argv:
         warnings.filterwarnings("ignore")
-    cli.prepare_process()
+    entry.prepare_process()
     sys.exit(main())
 
 

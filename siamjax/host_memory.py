@@ -15,7 +15,7 @@ bench/README.md ("CPU levers", the glibc malloc row; "Figures the code's comment
 
 Only glibc (Linux) has these knobs; elsewhere `apply` does nothing, and so on accelerators, where
 there is nothing to gain. They must be set before the threads that allocate exist (an arena, once
-a thread has one, stays): the entry points call `apply` through `siamjax.cli.prepare_process`,
+a thread has one, stays): the entry points call `apply` through `siamjax.entry.prepare_process`,
 before TensorFlow and JAX start.
 """
 

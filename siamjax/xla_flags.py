@@ -8,7 +8,7 @@ bench/README.md, "CPU levers" (the XNNPACK rows).
 
 The flags only concern the CPU backend; GPUs and TPUs ignore them. XLA reads XLA_FLAGS once, when
 JAX creates its first backend, so `apply()` must run before anything touches a device: the entry
-points call it through `siamjax.cli.hide_gpus_from_tensorflow`, and the tests' root conftest.py at
+points call it through `siamjax.entry.hide_gpus_from_tensorflow`, and the tests' root conftest.py at
 import. A flag the user already put in XLA_FLAGS (same name) is left as the user set it.
 
 Not for: per-model choices (`config.model.conv_impl` picks the convolution's gradient form and

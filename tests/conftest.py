@@ -74,9 +74,9 @@ def tiny_run(tiny_config, tmp_path_factory) -> tuple[ml_collections.ConfigDict, 
     it) share this one instead of each training their own. Do not train on in it; take
     `config.copy_and_resolve_references()` before changing the config.
     """
-    from siamjax import cli, train_lib
+    from siamjax import entry, train_lib
 
-    cli.hide_gpus_from_tensorflow()
+    entry.hide_gpus_from_tensorflow()
     cfg = tiny_config()
     workdir = str(tmp_path_factory.mktemp("tiny_run"))
     train_lib.train_and_evaluate(cfg, workdir)

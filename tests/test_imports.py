@@ -155,7 +155,7 @@ def test_the_protocol_and_the_score_maths_need_no_tensorflow_nor_jax(module):
 def test_only_input_pipeline_uses_tf_data():
     users = {m for m, ext in EXTERNAL.items() if "tensorflow" in ext}
     # The pipeline; process setup (hides GPUs from TF); the real-scan builders' shared base.
-    assert users == {"siamjax.input_pipeline", "siamjax.cli", "siamjax.datasets.real"}, users
+    assert users == {"siamjax.input_pipeline", "siamjax.entry", "siamjax.datasets.real"}, users
 
 
 def test_importing_data_and_eval_loads_neither_tensorflow_nor_a_builder():

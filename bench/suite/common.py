@@ -303,9 +303,9 @@ class Context:
 
     def hide_gpus_from_tensorflow(self) -> None:
         if not self._tf_hidden:
-            from siamjax import cli
+            from siamjax import entry
 
-            cli.hide_gpus_from_tensorflow()
+            entry.hide_gpus_from_tensorflow()
             self._tf_hidden = True
 
     def close(self) -> None:

@@ -88,9 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"error: --max-upload-mb {args.max_upload_mb} must lie in (0, 4096].", file=sys.stderr
         )
         return 2
-    from siamjax.verify.cli import _quiet  # The same quiet terminal as siamjax-verify.
+    from siamjax import entry  # The same quiet terminal as siamjax-verify.
 
-    _quiet(args.verbose)
+    entry.quiet_terminal(args.verbose)
     try:
         import uvicorn
 
@@ -142,11 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     """Entry point of the `siamjax-serve` console script and of `python -m siamjax.serve`."""
-    from siamjax import cli
+    from siamjax import entry
 
     if "--verbose" not in sys.argv:
         warnings.filterwarnings("ignore")
-    cli.prepare_process()
+    entry.prepare_process()
     sys.exit(main())
 
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 import warnings
 from collections.abc import Sequence
 
-from siamjax import cli
+from siamjax import entry
 from siamjax.errors import UserError, one_line
 from siamjax.verify.lib import ENROLLMENTS, FUSIONS, Verifier
 from siamjax.verify.records import Decision, Failure, read_pairs_csv
@@ -104,19 +102,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quiet(verbose: bool) -> None:
-    """Keeps XLA, JAX and orbax messages off the terminal: stdout carries only results."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if verbose else "3")
-    cli.quiet_library_logs()  # orbax's INFO chatter, even with --verbose.
-    if verbose:
-        return
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    for name in ("jax", "orbax", "absl"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def format_decision(d: Decision, threshold_source: str) -> str:
     """The aligned table of one decision, for people."""
     k = len(d.references)
@@ -171,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give either --pairs, or --reference and --questioned, not both")
     if not args.pairs and not (args.questioned and args.reference):
         parser.error("give --reference (one or more) and --questioned, or --pairs")
-    _quiet(args.verbose)
+    entry.quiet_terminal(args.verbose)
     try:
         verifier = Verifier(
             args.workdir,
@@ -221,7 +206,7 @@ def run() -> None:
     """Entry point of the `siamjax-verify` console script and of `python -m siamjax.verify`."""
     if "--verbose" not in sys.argv:
         warnings.filterwarnings("ignore")  # Library deprecation notes are not for this user.
-    cli.prepare_process()  # Before threads and JAX start (TensorFlow is never imported here).
+    entry.prepare_process()  # Before threads and JAX start (TensorFlow is never imported here).
     sys.exit(main())
 
 

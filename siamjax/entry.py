@@ -1,5 +1,6 @@
-"""What train.py, eval.py and siamjax-verify share before they call the library: the one `main` of
-train.py and eval.py, process setup, flag parsing and errors as exit codes.
+"""What every entry point (train.py, eval.py, siamjax-verify, -export, -serve) shares before it
+calls the library: the one `main` of train.py and eval.py, process setup, flag parsing, a quiet
+terminal and errors as exit codes.
 
 Hides GPUs from TensorFlow (tf.data runs on the CPU; TF must not take accelerator memory) and turns
 a `UserError` into one line on stderr and its exit code (2; 3 for a non-finite loss), and a
@@ -51,6 +52,20 @@ def quiet_library_logs() -> None:
     from absl import logging as absl_logging
 
     absl_logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+
+
+def quiet_terminal(verbose: bool) -> None:
+    """Keeps XLA, JAX and orbax messages off the terminal, so that stdout carries only results
+    (siamjax-verify, siamjax-export, siamjax-serve); `verbose` keeps JAX's and absl's."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if verbose else "3")
+    quiet_library_logs()  # orbax's INFO chatter, even with --verbose.
+    if verbose:
+        return
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    for name in ("jax", "orbax", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
