@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 from siamjax import host_memory, xla_flags
@@ -66,6 +67,16 @@ def quiet_terminal(verbose: bool) -> None:
     absl_logging.set_verbosity(absl_logging.ERROR)
     for name in ("jax", "orbax", "absl"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_console(main: Callable[[], int]) -> None:
+    """What a console script (siamjax-verify, -export, -serve) does around its `main`: library
+    deprecation notes off unless --verbose, the process set up before threads and JAX start, and
+    main's return value as the exit code."""
+    if "--verbose" not in sys.argv:
+        warnings.filterwarnings("ignore")  # Library deprecation notes are not for this user.
+    prepare_process()
+    sys.exit(main())
 
 
 def parse_flags(argv: list[str]) -> list[str]:

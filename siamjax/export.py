@@ -33,7 +33,6 @@ import json
 import os
 import sys
 import tempfile
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -322,10 +321,7 @@ def run() -> None:
     """Entry point of the `siamjax-export` console script and of `python -m siamjax.export`."""
     from siamjax import entry
 
-    if "--verbose" not in sys.argv:
-        warnings.filterwarnings("ignore")
-    entry.prepare_process()
-    sys.exit(main())
+    entry.run_console(main)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import argparse
 import ipaddress
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 
 from siamjax.errors import UserError, one_line
@@ -144,10 +143,7 @@ def run() -> None:
     """Entry point of the `siamjax-serve` console script and of `python -m siamjax.serve`."""
     from siamjax import entry
 
-    if "--verbose" not in sys.argv:
-        warnings.filterwarnings("ignore")
-    entry.prepare_process()
-    sys.exit(main())
+    entry.run_console(main)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from collections.abc import Sequence
 
 from siamjax import entry
@@ -204,10 +203,7 @@ def _run_batch(verifier: Verifier, csv_path: str, as_json: bool) -> int:
 
 def run() -> None:
     """Entry point of the `siamjax-verify` console script and of `python -m siamjax.verify`."""
-    if "--verbose" not in sys.argv:
-        warnings.filterwarnings("ignore")  # Library deprecation notes are not for this user.
-    entry.prepare_process()  # Before threads and JAX start (TensorFlow is never imported here).
-    sys.exit(main())
+    entry.run_console(main)  # TensorFlow is never imported here.
 
 
 if __name__ == "__main__":
