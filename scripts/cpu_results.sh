@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The results table's CPU rows: the best recipe on SigComp2011 (3 seeds = 3 writer splits; K = 1,
-# 5, 12 references; tested on CEDAR too) and on CEDAR (5 writer-disjoint folds; tested on
-# SigComp2011 too); the SigNet design on SigComp2011 (3 seeds, float32, ~20-30 min each here); and
+# The results table's CPU rows: the ink controls (untrained; SigComp2011 seeds, CEDAR folds, raw
+# and normalised ink); the best recipe on SigComp2011 (3 seeds = 3 writer splits; K = 1 and 5
+# references; tested on CEDAR too) and on CEDAR (5 writer-disjoint folds; tested on SigComp2011
+# too; on folds 0-2 also K = 5 and 10 with each enrolment, GroupNorm + GAP, normalised ink); the SigNet design on SigComp2011 (3 seeds, float32, ~20-30 min each here); and
 # the loss ablation (contrastive and triplet in place of BCE, seed 0). Every run lands in results/<row>/<run>/ through scripts/run_result.py, which
 # trains once per workdir and skips a training that already finished, so the script resumes.
 #
@@ -18,6 +19,7 @@ FOLDS="${FOLDS-0 1 2 3 4}"
 DESIGN_SEEDS="${DESIGN_SEEDS-0 1 2}"
 LOSSES="${LOSSES-contrastive triplet}"
 LOGS="${LOGS:-workdirs/results/logs}"
+ENROL_FOLDS="${ENROL_FOLDS-0 1 2}"
 mkdir -p "$LOGS"
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
 
@@ -34,9 +36,9 @@ run() {  # run <log name> <run_result.py arguments...>
 for seed in $SEEDS; do
   args=(-- --config=configs/sigcomp_best.py "--config.seed=$seed")
   run "sigcomp_best_seed$seed" --row sigcomp2011_best --run "seed$seed" --order 20 "${args[@]}"
-  for k in 5 12; do
+  for k in 5; do
     run "sigcomp_best_k${k}_seed$seed" --row "sigcomp2011_best_k$k" --train_row sigcomp2011_best \
-      --run "seed$seed" --order "2$((k == 5 ? 1 : 2))" \
+      --run "seed$seed" --order 21 \
       --eval_args="--config.eval.references=$k" "${args[@]}"
   done
   run "sigcomp_best_to_cedar_seed$seed" --row sigcomp2011_best_to_cedar \
@@ -67,14 +69,61 @@ done
 for seed in $DESIGN_SEEDS; do
   args=(-- --config=configs/sigcomp.py "--config.seed=$seed")
   run "sigcomp_signet_seed$seed" --row sigcomp2011_signet --run "seed$seed" --order 10 "${args[@]}"
-  for k in 5 12; do
+  for k in 5; do
     run "sigcomp_signet_k${k}_seed$seed" --row "sigcomp2011_signet_k$k" \
-      --train_row sigcomp2011_signet --run "seed$seed" --order "1$((k == 5 ? 1 : 2))" \
+      --train_row sigcomp2011_signet --run "seed$seed" --order 11 \
       --eval_args="--config.eval.references=$k" "${args[@]}"
   done
   run "sigcomp_signet_to_cedar_seed$seed" --row sigcomp2011_to_cedar \
     --train_row sigcomp2011_signet --run "seed$seed" --order 13 \
     --eval_args="--config.eval.dataset=cedar" "${args[@]}"
+done
+
+# The ink controls: nothing trained, eval.py's trials and threshold (workdirs hold only reports).
+for scorer in ink ink_pair; do
+  suffix=$([ "$scorer" = ink ] && echo "" || echo "_pair")
+  for seed in $SEEDS; do
+    run "sigcomp_${scorer}_seed$seed" --row "sigcomp2011_ink_baseline$suffix" --run "seed$seed" \
+      --order 5 --workdirs workdirs/ink -- --config=configs/sigcomp.py "--config.seed=$seed" \
+      "--config.eval.scorer=$scorer"
+  done
+  for fold in $FOLDS; do
+    run "cedar_${scorer}_fold$fold" --row "cedar_ink_baseline$suffix" --run "fold$fold" --order 29 \
+      --workdirs workdirs/ink -- --config=configs/cedar_best.py --config.split.method=kfold \
+      "--config.split.fold=$fold" "--config.eval.scorer=$scorer"
+  done
+  for fold in $ENROL_FOLDS; do
+    run "cedar_norm_${scorer}_fold$fold" --row "cedar_ink_normalized_baseline$suffix" \
+      --run "fold$fold" --order 29 --workdirs workdirs/ink -- --config=configs/cedar_best.py \
+      --config.real.ink=normalized --config.split.method=kfold "--config.split.fold=$fold" \
+      "--config.eval.scorer=$scorer"
+  done
+done
+
+# CEDAR, folds 0-2: K references with each enrolment; GroupNorm + GAP; normalised ink.
+for fold in $ENROL_FOLDS; do
+  args=(-- --config=configs/cedar_best.py --config.split.method=kfold "--config.split.fold=$fold")
+  for spec in "5 none" "10 none" "1 svm" "5 svm" "10 svm" "5 znorm" "10 znorm"; do
+    set -- $spec
+    row="cedar_best_kfold_k$1"; [ "$2" != none ] && row="${row}_$2"; [ "$1" = 1 ] && row="cedar_best_kfold_$2"
+    run "${row}_fold$fold" --row "$row" --train_row cedar_best_kfold --run "fold$fold" --order 31 \
+      --eval_args="--config.eval.references=$1 --config.eval.enrollment=$2" "${args[@]}"
+  done
+  gap=(-- --config=configs/cedar_best.py --config.model.norm=group --config.model.pool=gap
+    --config.split.method=kfold "--config.split.fold=$fold")
+  run "cedar_gap_fold$fold" --row cedar_best_gap_gn --run "fold$fold" --order 32 "${gap[@]}"
+  for spec in "10 none" "1 svm" "5 svm" "10 svm"; do
+    set -- $spec
+    row="cedar_best_gap_gn_k$1"; [ "$2" != none ] && row="${row}_$2"; [ "$1" = 1 ] && row="cedar_best_gap_gn_$2"
+    run "${row}_fold$fold" --row "$row" --train_row cedar_best_gap_gn --run "fold$fold" --order 33 \
+      --eval_args="--config.eval.references=$1 --config.eval.enrollment=$2" "${gap[@]}"
+  done
+  norm=(-- --config=configs/cedar_best.py --config.real.ink=normalized --config.split.method=kfold
+    "--config.split.fold=$fold")
+  run "cedar_norm_fold$fold" --row cedar_best_ink_normalized --run "fold$fold" --order 34 "${norm[@]}"
+  run "cedar_norm_k10_svm_fold$fold" --row cedar_best_ink_normalized_k10_svm \
+    --train_row cedar_best_ink_normalized --run "fold$fold" --order 35 \
+    --eval_args="--config.eval.references=10 --config.eval.enrollment=svm" "${norm[@]}"
 done
 
 # Ablation: the best recipe with an embedding loss in place of BCE (seed 0). The score is then the
