@@ -100,24 +100,32 @@ for scorer in ink ink_pair; do
   done
 done
 
+enrolled() {  # enrolled <train row> <order> <"K method" ...> -- <train/eval args>: K-reference rows
+  local train="$1" order="$2" specs=() spec k method row
+  shift 2
+  while [ "$1" != -- ]; do
+    specs+=("$1")
+    shift
+  done
+  for spec in "${specs[@]}"; do
+    read -r k method <<< "$spec"
+    row="${train}_k$k"
+    [ "$method" != none ] && row="${row}_$method"
+    [ "$k" = 1 ] && row="${train}_$method"
+    run "${row}_fold$fold" --row "$row" --train_row "$train" --run "fold$fold" --order "$order" \
+      --eval_args="--config.eval.references=$k --config.eval.enrollment=$method" "$@"
+  done
+}
+
 # CEDAR, folds 0-2: K references with each enrolment; GroupNorm + GAP; normalised ink.
 for fold in $ENROL_FOLDS; do
   args=(-- --config=configs/cedar_best.py --config.split.method=kfold "--config.split.fold=$fold")
-  for spec in "5 none" "10 none" "1 svm" "5 svm" "10 svm" "5 znorm" "10 znorm"; do
-    set -- $spec
-    row="cedar_best_kfold_k$1"; [ "$2" != none ] && row="${row}_$2"; [ "$1" = 1 ] && row="cedar_best_kfold_$2"
-    run "${row}_fold$fold" --row "$row" --train_row cedar_best_kfold --run "fold$fold" --order 31 \
-      --eval_args="--config.eval.references=$1 --config.eval.enrollment=$2" "${args[@]}"
-  done
+  enrolled cedar_best_kfold 31 "5 none" "10 none" "1 svm" "5 svm" "10 svm" "5 znorm" "10 znorm" \
+    "${args[@]}"
   gap=(-- --config=configs/cedar_best.py --config.model.norm=group --config.model.pool=gap
     --config.split.method=kfold "--config.split.fold=$fold")
   run "cedar_gap_fold$fold" --row cedar_best_gap_gn --run "fold$fold" --order 32 "${gap[@]}"
-  for spec in "10 none" "1 svm" "5 svm" "10 svm"; do
-    set -- $spec
-    row="cedar_best_gap_gn_k$1"; [ "$2" != none ] && row="${row}_$2"; [ "$1" = 1 ] && row="cedar_best_gap_gn_$2"
-    run "${row}_fold$fold" --row "$row" --train_row cedar_best_gap_gn --run "fold$fold" --order 33 \
-      --eval_args="--config.eval.references=$1 --config.eval.enrollment=$2" "${gap[@]}"
-  done
+  enrolled cedar_best_gap_gn 33 "10 none" "1 svm" "5 svm" "10 svm" "${gap[@]}"
   norm=(-- --config=configs/cedar_best.py --config.real.ink=normalized --config.split.method=kfold
     "--config.split.fold=$fold")
   run "cedar_norm_fold$fold" --row cedar_best_ink_normalized --run "fold$fold" --order 34 "${norm[@]}"

@@ -33,13 +33,19 @@ def _bhsig_folder(root):
     (root / "Bengali" / "1" / "Thumbs.db").write_bytes(b"\0")  # Ignored, not an error.
 
 
-def test_a_bhsig260_layout_loads_with_the_config_only(tmp_path):
+def _bhsig_config(tmp_path):
+    """configs/bhsig260.py on a made-up folder under tmp_path, at 32x48, 25% / 25% of writers."""
     _bhsig_folder(tmp_path / "data" / "BHSig260")
     cfg = bhsig260.get_config()
     cfg.data_dir = str(tmp_path / "data")
     cfg.tfds_data_dir = str(tmp_path / "tfds")
     cfg.image_height, cfg.image_width = 32, 48
     cfg.split.val_fraction = cfg.split.test_fraction = 0.25
+    return cfg
+
+
+def test_a_bhsig260_layout_loads_with_the_config_only(tmp_path):
+    cfg = _bhsig_config(tmp_path)
     data = Data(cfg)
     cat = data.catalog
     assert len(cat) == 48 and len(set(cat.writer)) == 8
@@ -116,12 +122,7 @@ def test_several_datasets_train_together_each_split_as_alone(tmp_path):
     """config.dataset='synthetic+signature_folder': one catalog whose writer ids are qualified by
     their dataset; each dataset keeps the writers and evaluation pairs it has when used alone,
     so `--config.eval.dataset=<one>` evaluates the same writers."""
-    _bhsig_folder(tmp_path / "data" / "BHSig260")
-    cfg = bhsig260.get_config()
-    cfg.data_dir = str(tmp_path / "data")
-    cfg.tfds_data_dir = str(tmp_path / "tfds")
-    cfg.image_height, cfg.image_width = 32, 48
-    cfg.split.val_fraction = cfg.split.test_fraction = 0.25
+    cfg = _bhsig_config(tmp_path)
     cfg.synthetic.num_writers, cfg.synthetic.genuine_per_writer = 8, 3
     cfg.synthetic.forgeries_per_writer, cfg.synthetic.forgers_per_writer = 3, 1
     alone = {}
