@@ -437,6 +437,26 @@ def normalize(
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def restyle_ink(image: np.ndarray, ink: str) -> np.ndarray:
+    """An image already in model-input form (uint8, ink high, background 0) with its ink restyled
+    as `normalize` would have kept it: unchanged ('raw'), ranked within the image onto 1..255
+    ('normalized') or 255 ('binary'). For images made without a scan (the synthetic writers), so
+    that a config's `real.ink` means the same thing whatever the dataset."""
+    check_ink(ink)
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"restyle_ink takes uint8 model input, got {image.dtype}")
+    if ink == "raw":
+        return image
+    is_ink = image > 0
+    out = np.zeros(image.shape, dtype=np.float32)
+    if ink == "binary":
+        out[is_ink] = 255.0
+    else:
+        out[is_ink] = _rank_to_uniform(image[is_ink].astype(np.float32))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def preprocess_bytes(
     data: bytes, name: str, height: int, width: int, ink: str = "raw"
 ) -> np.ndarray:

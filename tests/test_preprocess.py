@@ -394,3 +394,27 @@ def test_normalized_ink_follows_one_distribution_whatever_the_pen(gray):
 def test_unknown_ink_mode_is_a_user_error(gray):
     with pytest.raises(UserError, match="config.real.ink"):
         preprocess.normalize(gray, H, W, ink="grey")
+
+
+def test_restyled_ink_matches_what_normalize_keeps(gray):
+    """Model input restyled after the fact (the synthetic writers' images) gets the same ink as
+    `normalize` gives a scan: same ink pixels, ranks onto 1..255 or 255."""
+    raw = preprocess.normalize(gray, H, W, ink="raw")
+    np.testing.assert_array_equal(preprocess.restyle_ink(raw, "raw"), raw)
+    binary = preprocess.restyle_ink(raw, "binary")
+    np.testing.assert_array_equal(binary, np.where(raw > 0, 255, 0).astype(np.uint8))
+    normalized = preprocess.restyle_ink(raw, "normalized")
+    np.testing.assert_array_equal(normalized > 0, raw > 0)
+    ink = normalized[normalized > 0].astype(np.float64)
+    assert abs(ink.mean() - 128.0) < 3.0
+    # Darker ink keeps a higher rank: the order of the ink pixels is unchanged.
+    order = np.argsort(raw[raw > 0], kind="stable")
+    assert np.all(np.diff(normalized[raw > 0][order].astype(int)) >= 0)
+    # A pen pressed harder everywhere (every ink level raised, none saturating) gives the same.
+    light = np.where(raw > 0, raw // 2 + 1, 0).astype(np.uint8)  # Levels 1..128.
+    dark = np.where(raw > 0, light + 100, 0).astype(np.uint8)  # Levels 101..228.
+    np.testing.assert_array_equal(
+        preprocess.restyle_ink(dark, "normalized"), preprocess.restyle_ink(light, "normalized")
+    )
+    with pytest.raises(UserError, match="config.real.ink"):
+        preprocess.restyle_ink(raw, "grey")

@@ -110,6 +110,31 @@ def test_tfds_round_trip(tmp_path):
     assert sorted(set(data["writer"])) == [b"w0000", b"w0001", b"w0002"]
 
 
+def test_ink_mode_restyles_the_rendered_ink_and_names_the_dataset():
+    """`real.ink` applies to the generated writers as to scans: the same strokes, the ink kept as
+    rendered, ranked or binary; the mode is part of the prepared dataset's name."""
+    from siamjax import preprocess
+
+    styled = {
+        ink: synthetic.render_writer(0, dataclasses.replace(SETTINGS, ink=ink))
+        for ink in preprocess.INK_MODES
+    }
+    for raw, norm, binary in zip(*styled.values(), strict=True):
+        assert raw["path"] == norm["path"] == binary["path"]
+        np.testing.assert_array_equal(
+            norm["image"], preprocess.restyle_ink(raw["image"], "normalized")
+        )
+        np.testing.assert_array_equal(binary["image"], np.where(raw["image"] > 0, 255, 0))
+        assert norm["sha256"] != raw["sha256"]
+    names = {
+        ink: builder_lib.SyntheticConfig.of(dataclasses.replace(SETTINGS, ink=ink)).name
+        for ink in preprocess.INK_MODES
+    }
+    assert names["raw"] == "w6_g5_f5_k2_48x72_s7"  # Unchanged for datasets prepared before.
+    assert names["normalized"] == "w6_g5_f5_k2_48x72_s7_ink-normalized"
+    assert len(set(names.values())) == 3
+
+
 def test_skilled_forgeries_stay_closer_to_the_writer_than_trembling_ones():
     """forgery_style='skilled' keeps the writer's shape: how much further its forgeries lie from
     the writer's mean genuine image than the genuine ones do (pixel distance) is smaller than for

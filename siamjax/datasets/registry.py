@@ -96,6 +96,7 @@ def synthetic_settings(config: ml_collections.ConfigDict) -> synthetic.Settings:
         width=config.image_width,
         seed=s.seed,
         forgery_style=s.get("forgery_style", "tremor"),
+        ink=str(config.real.ink),
     )
 
 

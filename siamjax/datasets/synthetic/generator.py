@@ -38,6 +38,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from siamjax import preprocess
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
@@ -55,6 +57,9 @@ class Settings:
     # 'skilled' (a practised forger: the writer's shape kept, small errors of proportion and
     # slant, a little hesitation), so that telling it apart needs the reference.
     forgery_style: str = "tremor"
+    # How the ink is kept (siamjax.preprocess.INK_MODES, the config's `real.ink`): rendered
+    # pressure ('raw'), its rank within the image ('normalized') or on/off ('binary').
+    ink: str = "raw"
 
 
 FORGERY_STYLES = ("tremor", "skilled")
@@ -728,7 +733,7 @@ def render_writer(writer_index: int, settings: Settings) -> list[dict]:
     out = []
     for g in range(settings.genuine_per_writer):
         image = render_genuine(writer, g, height, width, seed, writer_index)
-        out.append(_example(image, name, True, -1, f"{name}/genuine_{g:02d}"))
+        out.append(_example(image, name, True, -1, f"{name}/genuine_{g:02d}", settings.ink))
     per_writer = settings.forgers_per_writer
     forgers = [
         make_forger(seed, writer_index, k, settings.forgery_style)
@@ -738,11 +743,16 @@ def render_writer(writer_index: int, settings: Settings) -> list[dict]:
         k = j % len(forgers)
         fid = writer_index * per_writer + k
         image = render_forgery(writer, forgers[k], j, height, width, seed, writer_index)
-        out.append(_example(image, name, False, fid, f"{name}/forgery_f{fid:04d}_{j:02d}"))
+        out.append(
+            _example(image, name, False, fid, f"{name}/forgery_f{fid:04d}_{j:02d}", settings.ink)
+        )
     return out
 
 
-def _example(image: np.ndarray, writer: str, is_genuine: bool, forger: int, path: str) -> dict:
+def _example(
+    image: np.ndarray, writer: str, is_genuine: bool, forger: int, path: str, ink: str
+) -> dict:
+    image = preprocess.restyle_ink(image, ink)
     return {
         "image": image,
         "writer": writer,

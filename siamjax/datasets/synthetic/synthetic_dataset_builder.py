@@ -28,6 +28,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
             f"w{s.num_writers}_g{s.genuine_per_writer}_f{s.forgeries_per_writer}_"
             f"k{s.forgers_per_writer}_{s.height}x{s.width}_s{s.seed}"
             + ("" if s.forgery_style == "tremor" else f"_{s.forgery_style}")
+            + ("" if s.ink == "raw" else f"_ink-{s.ink}")
         )
         return cls(name=name, settings=settings)
 
