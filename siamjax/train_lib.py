@@ -198,6 +198,14 @@ def init_state_on_mesh(
 # Workdir checks
 
 
+def encoder_fingerprint(config: ml_collections.ConfigDict) -> dict:
+    """The model fingerprint without the head's keys: what a pretrained encoder must share with
+    the config that starts from it (`config.init_from`)."""
+    fp = workdir_lib.model_fingerprint(config)
+    fp["model"] = {k: v for k, v in fp["model"].items() if k not in ("head_hidden", "combine")}
+    return fp
+
+
 def init_encoder_from(
     state: TrainState, config: ml_collections.ConfigDict, source: str, mesh: jax.sharding.Mesh
 ) -> TrainState:
@@ -207,12 +215,6 @@ def init_encoder_from(
     same input size (the model fingerprint without the head's keys); a resumed run ignores it,
     since its checkpoint already holds the fine-tuned encoder."""
     source_config = workdir_lib.load_config(source)
-
-    def encoder_fingerprint(c: ml_collections.ConfigDict) -> dict:
-        fp = workdir_lib.model_fingerprint(c)
-        fp["model"] = {k: v for k, v in fp["model"].items() if k not in ("head_hidden", "combine")}
-        return fp
-
     mine, theirs = encoder_fingerprint(config), encoder_fingerprint(source_config)
     if mine != theirs:
         raise UserError(

@@ -96,6 +96,22 @@ def test_a_workdir_under_a_file_is_a_user_error(tiny_config, tmp_path):
         train_lib.train_and_evaluate(tiny_config(), str(tmp_path / "file" / "run"))
 
 
+@pytest.mark.parametrize("variant", ["", "smoke"])
+def test_synthetic_pretraining_fits_the_encoder_it_starts(variant):
+    """configs/synthetic_pretrain.py pretrains exactly the encoder (and input, and ink mode) of
+    the real-data recipe it documents, so `config.init_from` accepts it; the ink mode counts."""
+    from configs import cedar_best, synthetic_pretrain
+
+    pre = synthetic_pretrain.get_config(variant)
+    assert pre.dataset == "synthetic" and pre.synthetic.forgery_style == "skilled"
+    fine = cedar_best.get_config(variant)
+    fine.model.norm, fine.model.pool, fine.real.ink = "group", "gap", "normalized"
+    fine.model.head_hidden = (32,)  # The head is the fine-tuning's own.
+    assert train_lib.encoder_fingerprint(pre) == train_lib.encoder_fingerprint(fine)
+    fine.real.ink = "raw"
+    assert train_lib.encoder_fingerprint(pre) != train_lib.encoder_fingerprint(fine)
+
+
 def test_init_from_takes_the_encoder_and_leaves_the_head(tiny_run):
     """config.init_from: pretraining's encoder (parameters and BatchNorm statistics) starts the
     run; the head keeps its fresh initialisation; another encoder is refused."""
