@@ -131,6 +131,9 @@ def get_config() -> ml_collections.ConfigDict:
     # ---- Augmentation (on device, training only) ----------------------------------------------
     c.augment = ml_collections.ConfigDict()
     c.augment.noise_std = 0.0  # Std of additive Gaussian noise on [0, 1] pixels.
+    # Clip the noisy image to [0, 1] (True: the background's mean rises by 0.4 noise_std) or
+    # leave the noise zero-mean (False).
+    c.augment.clip_noise = True
     c.augment.blur_prob = 0.0  # Probability of a Gaussian blur per image.
     c.augment.blur_sigma = 1.0  # Its sigma in pixels.
     c.augment.max_shift = 0  # Random translation up to this many pixels.

@@ -187,7 +187,8 @@ def _table_needed(cfg: ml_collections.ConfigDict) -> bool:
 
 def augment(images: jax.Array, rng: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
     """Random writer, framing and scanner variation per example. [B, H, W, 1] float in [0, 1] ->
-    same shape and dtype, clipped to [0, 1].
+    same shape and dtype, clipped to [0, 1] (unless `cfg.clip_noise` is False: then the noise is
+    added after the clip and keeps its zero mean).
 
     Order follows how a scan comes about: the hand (stroke width, affine), the framing (shift),
     the paper and the scanner (texture, blur, brightness/contrast, JPEG, noise). `cfg` is
@@ -242,6 +243,13 @@ def augment(images: jax.Array, rng: jax.Array, cfg: ml_collections.ConfigDict) -
     if cfg.jpeg_prob > 0 and cfg.jpeg_mix > 0:
         blocky = images + cfg.jpeg_mix * (block_average(images) - images)
         images = jnp.where(col("jpeg") < cfg.jpeg_prob, blocky, images)
-    if cfg.noise_std > 0:
+    noise = cfg.noise_std > 0
+    if noise and not cfg.get("clip_noise", True):
+        # Zero-mean noise: clipping it would lift the background (E[max(0, n)] = 0.4 std) and dim
+        # saturated ink, so that BatchNorm statistics learnt on noisy pairs miss clean input.
+        images = jnp.clip(images, 0.0, 1.0)
+        images = images + cfg.noise_std * jax.random.normal(k_noise, images.shape, images.dtype)
+        return images.astype(dtype)
+    if noise:
         images = images + cfg.noise_std * jax.random.normal(k_noise, images.shape, images.dtype)
     return jnp.clip(images, 0.0, 1.0).astype(dtype)

@@ -245,3 +245,19 @@ def test_default_keys_work():
     assert y.shape == (B, H, W, 1) and y.dtype == np.float32
     assert 0.0 <= y.min() and y.max() <= 1.0 and np.abs(y - np.asarray(_batch())).max() > 0
     np.testing.assert_array_equal(y, np.asarray(fn(_batch(), jax.random.key(0))))
+
+
+def test_unclipped_noise_keeps_the_background_mean():
+    """clip_noise=False: the same noise draws, added after the clip, so the background (0) keeps
+    a mean of 0 where clipping lifts it to about 0.4 std (E[max(0, n)] = std / sqrt(2 pi))."""
+    std = 0.1
+    clipped = _run(seed=3, noise_std=std)
+    zero_mean = _run(seed=3, noise_std=std, clip_noise=False)
+    background = np.broadcast_to(_stroke_image()[None, :, :, None] == 0, clipped.shape)
+    n = int(background.sum())
+    # Means of n draws: 6 standard errors of the noise's spread is far below the 0.04 lift.
+    assert abs(zero_mean[background].mean()) < 6 * std / np.sqrt(n)
+    assert abs(clipped[background].mean() - std / np.sqrt(2 * np.pi)) < 6 * std / np.sqrt(n)
+    # Where clipping did not bite, the two are the same image.
+    inside = (clipped > 0) & (clipped < 1)
+    np.testing.assert_allclose(clipped[inside], zero_mean[inside], rtol=0, atol=1e-6)
