@@ -293,6 +293,16 @@ def test_writer_of_another_model_is_refused(engine, tmp_path, files):
     s.close()
 
 
+def test_model_endpoint_says_how_it_decides(client, engine):
+    """GET /api/model (the page's header line): the checkpoint, threshold, fusion and writer
+    enrolment the decisions use."""
+    m = client.get("/api/model").json()
+    v = engine.verifier
+    assert m["checkpoint_step"] == v.step and m["threshold"] == v.threshold
+    assert m["fusion"] == v.fusion and m["enrollment"] == v.enrollment == "none"
+    assert m["input"] == {"height": v.height, "width": v.width}
+
+
 def test_preprocess_shows_the_model_input(client, engine, files):
     r = client.post("/api/preprocess", files=[_part("file", files["a0"])])
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"

@@ -190,6 +190,7 @@ def create_app(
             "threshold": verifier.threshold,
             "threshold_source": verifier.threshold_source,
             "fusion": verifier.fusion,
+            "enrollment": verifier.enrollment,
             "prior_positive": verifier.prior_positive,
             "input": {"height": verifier.height, "width": verifier.width},
             "model_fingerprint": store.fingerprint,
