@@ -2,8 +2,10 @@
 # The results table's CPU rows: the ink controls (untrained; SigComp2011 seeds, CEDAR folds, raw
 # and normalised ink); the best recipe on SigComp2011 (3 seeds = 3 writer splits; K = 1 and 5
 # references; tested on CEDAR too) and on CEDAR (5 writer-disjoint folds; tested on SigComp2011
-# too; on folds 0-2 also K = 5 and 10 with each enrolment, GroupNorm + GAP, normalised ink); the SigNet design on SigComp2011 (3 seeds, float32, ~20-30 min each here); and
-# the loss ablation (contrastive and triplet in place of BCE, seed 0). Every run lands in results/<row>/<run>/ through scripts/run_result.py, which
+# too; on folds 0-2 also K = 5 and 10 with each enrolment, GroupNorm + GAP, normalised ink);
+# SigComp2011 with normalised ink and GroupNorm + GAP (3 seeds, K = 1 and 5, tested on CEDAR too);
+# the SigNet design on SigComp2011 (3 seeds, float32, ~20-30 min each here); and the loss
+# ablation (contrastive and triplet in place of BCE, seed 0). Every run lands in results/<row>/<run>/ through scripts/run_result.py, which
 # trains once per workdir and skips a training that already finished, so the script resumes.
 #
 #     SIAMJAX_DATA_DIR=../shared/datasets bash scripts/cpu_results.sh
@@ -44,6 +46,18 @@ for seed in $SEEDS; do
   run "sigcomp_best_to_cedar_seed$seed" --row sigcomp2011_best_to_cedar \
     --train_row sigcomp2011_best --run "seed$seed" --order 40 \
     --eval_args="--config.eval.dataset=cedar" "${args[@]}"
+  # The headline: normalised ink (the scan's darkness gives nothing away), GroupNorm + GAP.
+  norm=(-- --config=configs/sigcomp_best.py --config.model.norm=group --config.model.pool=gap
+    --config.real.ink=normalized "--config.seed=$seed")
+  train=sigcomp2011_best_gap_gn_ink_normalized
+  run "sigcomp_gapnorm_seed$seed" --row "$train" --run "seed$seed" --order 24 "${norm[@]}"
+  run "sigcomp_gapnorm_k5_seed$seed" --row "${train}_k5" --train_row "$train" --run "seed$seed" \
+    --order 25 --eval_args="--config.eval.references=5" "${norm[@]}"
+  run "sigcomp_gapnorm_k5_svm_seed$seed" --row "${train}_k5_svm" --train_row "$train" \
+    --run "seed$seed" --order 26 \
+    --eval_args="--config.eval.references=5 --config.eval.enrollment=svm" "${norm[@]}"
+  run "sigcomp_gapnorm_to_cedar_seed$seed" --row "${train}_to_cedar" --train_row "$train" \
+    --run "seed$seed" --order 42 --eval_args="--config.eval.dataset=cedar" "${norm[@]}"
 done
 
 # Ablation: the same recipe without augmentation (seed 0), on SigComp2011 and across to CEDAR.
@@ -86,6 +100,9 @@ for scorer in ink ink_pair; do
     run "sigcomp_${scorer}_seed$seed" --row "sigcomp2011_ink_baseline$suffix" --run "seed$seed" \
       --order 5 --workdirs workdirs/ink -- --config=configs/sigcomp.py "--config.seed=$seed" \
       "--config.eval.scorer=$scorer"
+    run "sigcomp_norm_${scorer}_seed$seed" --row "sigcomp2011_ink_normalized_baseline$suffix" \
+      --run "seed$seed" --order 6 --workdirs workdirs/ink -- --config=configs/sigcomp_best.py \
+      --config.real.ink=normalized "--config.seed=$seed" "--config.eval.scorer=$scorer"
   done
   for fold in $FOLDS; do
     run "cedar_${scorer}_fold$fold" --row "cedar_ink_baseline$suffix" --run "fold$fold" --order 29 \
@@ -132,6 +149,14 @@ for fold in $ENROL_FOLDS; do
   run "cedar_norm_k10_svm_fold$fold" --row cedar_best_ink_normalized_k10_svm \
     --train_row cedar_best_ink_normalized --run "fold$fold" --order 35 \
     --eval_args="--config.eval.references=10 --config.eval.enrollment=svm" "${norm[@]}"
+  gapnorm=(-- --config=configs/cedar_best.py --config.model.norm=group --config.model.pool=gap
+    --config.real.ink=normalized --config.split.method=kfold "--config.split.fold=$fold")
+  run "cedar_gapnorm_fold$fold" --row cedar_best_gap_gn_ink_normalized --run "fold$fold" \
+    --order 36 "${gapnorm[@]}"
+  enrolled cedar_best_gap_gn_ink_normalized 37 "10 none" "${gapnorm[@]}"
+  run "cedar_gapnorm_to_sigcomp_fold$fold" --row cedar_best_gap_gn_ink_normalized_to_sigcomp2011 \
+    --train_row cedar_best_gap_gn_ink_normalized --run "fold$fold" --order 43 \
+    --eval_args="--config.eval.dataset=sigcomp2011" "${gapnorm[@]}"
 done
 
 # Ablation: the best recipe with an embedding loss in place of BCE (seed 0). The score is then the
