@@ -162,8 +162,9 @@ def get_config() -> ml_collections.ConfigDict:
     # other writers and metrics.json lists the ones left out.
     c.eval.allow_fewer_writers = False
     # Enrolment with K references (siamjax/enrollment.py): 'none' (the fused pair scores),
-    # 'znorm' (standardised by the references' scores against each other; K >= 2) or 'svm' (a
-    # writer-dependent SVM on the embeddings against the training writers' genuine signatures).
+    # 'znorm' (standardised by the references' scores against each other; K >= 2), 'svm' (a
+    # writer-dependent SVM on the embeddings against the training writers' genuine signatures)
+    # or 'svm_scaled' (the same on embeddings standardised per dimension).
     c.eval.enrollment = "none"
     # What scores the trials: 'model' (the trained network), or the untrained ink-darkness controls
     # of siamjax/ink_baseline.py, 'ink' (the questioned scan's darkness) and 'ink_pair' (its

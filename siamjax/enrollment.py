@@ -12,6 +12,11 @@ where the writer's own K references say more than K separate pairs do:
 - 'svm': a writer-dependent classifier, as sigver's writer-dependent SVMs: an RBF SVM on the
   embeddings, the writer's K references against genuine signatures of other (training) writers,
   classes weighted to balance; the score is its decision value through a sigmoid.
+- 'svm_scaled': the same SVM on embeddings standardised per dimension (over the writer's
+  references and the negatives). The RBF width rule ('scale': 1 / (D * variance of all values))
+  assumes comparable dimensions; an encoder whose embedding dimensions share a large offset and
+  vary little around it (GroupNorm + GAP: per-dimension std ~0.26 around |mean| ~1.2) gets a
+  width that sees almost no difference between signatures.
 
 What it is not for: choosing thresholds (validation does, `metrics.operating_threshold`) or
 computing embeddings (`siamjax.inference`). Everything here is numpy (and scikit-learn for the
@@ -31,7 +36,9 @@ import scipy.special
 from siamjax import scoring
 from siamjax.errors import UserError
 
-METHODS = ("none", "znorm", "svm")
+METHODS = ("none", "znorm", "svm", "svm_scaled")
+# Methods that enrol against other writers' genuine embeddings (the training split's).
+WITH_NEGATIVES = ("svm", "svm_scaled")
 # 'znorm': the references' spread (std of their logits against each other) is floored at this,
 # so that K = 2 or a writer who signs identically does not make the scale explode.
 MIN_SPREAD = 0.5
@@ -63,7 +70,7 @@ class Enrollment:
     fusion: str = "mean"
     center: float = 0.0  # 'znorm': mean logit of reference pairs.
     spread: float = 1.0  # 'znorm': their std, floored at MIN_SPREAD.
-    classifier: object | None = None  # 'svm': the fitted sklearn SVC.
+    classifier: object | None = None  # 'svm', 'svm_scaled': the fitted sklearn classifier.
 
 
 def enroll(
@@ -76,7 +83,8 @@ def enroll(
 ) -> Enrollment:
     """Fits `method` on one writer's reference embeddings [K, D].
 
-    `negatives` [N, D]: genuine embeddings of other writers ('svm' only; the training split's).
+    `negatives` [N, D]: genuine embeddings of other writers (WITH_NEGATIVES only; the training
+    split's).
     """
     references = np.asarray(references, np.float32)
     k = references.shape[0]
@@ -87,17 +95,21 @@ def enroll(
         logits = np.asarray(pair_logits(references[i], references[j]), np.float64)
         out.center = float(logits.mean())
         out.spread = float(max(logits.std(), MIN_SPREAD))
-    elif method == "svm":
+    elif method in WITH_NEGATIVES:
         if negatives is None or len(negatives) == 0:
             raise UserError(
-                "config.eval.enrollment='svm' needs other writers' genuine embeddings "
+                f"config.eval.enrollment={method!r} needs other writers' genuine embeddings "
                 "(negatives); none were given."
             )
-        from sklearn.svm import SVC  # Imported here: only 'svm' needs scikit-learn.
+        # Imported here: only these methods need scikit-learn.
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.svm import SVC
 
         x = np.concatenate([references, np.asarray(negatives, np.float32)])
         y = np.concatenate([np.ones(k, np.int32), np.zeros(len(negatives), np.int32)])
-        out.classifier = SVC(C=SVM_C, kernel="rbf", gamma=SVM_GAMMA, class_weight="balanced")
+        svc = SVC(C=SVM_C, kernel="rbf", gamma=SVM_GAMMA, class_weight="balanced")
+        out.classifier = make_pipeline(StandardScaler(), svc) if method == "svm_scaled" else svc
         out.classifier.fit(x, y)
     return out
 
@@ -106,7 +118,7 @@ def score(enrollment: Enrollment, questioned: np.ndarray, pair_logits: PairLogit
     """Scores in (0, 1) that each questioned embedding [n, D] is the writer's genuine signature."""
     q = np.asarray(questioned, np.float32)
     n, k = q.shape[0], enrollment.references.shape[0]
-    if enrollment.method == "svm":
+    if enrollment.method in WITH_NEGATIVES:
         return scipy.special.expit(enrollment.classifier.decision_function(q).astype(np.float64))
     refs = np.repeat(enrollment.references[None], n, axis=0).reshape(n * k, -1)
     logits = np.asarray(pair_logits(refs, np.repeat(q, k, axis=0)), np.float32).reshape(n, k)
@@ -183,12 +195,12 @@ def load_calibration(
             f"{path} was calibrated on checkpoint step {doc['step']}, not {step}: {make}."
         )
     negatives = None
-    if method == "svm":
+    if method in WITH_NEGATIVES:
         try:
             negatives = np.load(negatives_path(workdir, step))
         except OSError:
             raise UserError(
                 f"{negatives_path(workdir, step)} is missing (the training writers' genuine "
-                f"embeddings 'svm' enrols against): {make}."
+                f"embeddings {method!r} enrols against): {make}."
             ) from None
     return doc, negatives

@@ -100,7 +100,7 @@ def run_evaluation(
         restored = workdir_lib.restore(config, workdir, step, mesh)
         scorer = inference.Scorer(restored.model, mesh, config.eval_batch_size)
         negatives = None
-        if method == "svm":  # Other writers' genuine signatures: the training split's.
+        if method in enrollment.WITH_NEGATIVES:  # The training split's genuine signatures.
             train = training_data()
             idx = train.indices["train"]
             negatives = (idx[train.catalog.is_genuine[idx]], train.catalog.images)

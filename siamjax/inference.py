@@ -174,7 +174,7 @@ class EnrolledScores:
     its questioned signatures. The `score` of a `siamjax.evaluation.TrialSet`.
 
     `negatives` [N] indices into `images` of other writers' genuine signatures (the training
-    split's), for 'svm'; with method 'none' the scores equal `TrialScores`'.
+    split's), for 'svm' and 'svm_scaled'; with method 'none' the scores equal `TrialScores`'.
     """
 
     def __init__(

@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--enrollment",
         default=None,
-        help="writer enrolment (none, znorm, svm; default: the workdir's config.eval.enrollment); "
+        help="writer enrolment (none, znorm, svm, svm_scaled; default: the workdir's "
+        "config.eval.enrollment); "
         "other than none it needs eval.py's calibration for it (see siamjax-verify --help)",
     )
     p.add_argument("--verbose", action="store_true", help="keep JAX/orbax log messages")
