@@ -65,6 +65,36 @@ def test_svm_accepts_the_writer_and_rejects_others():
     assert s_own.min() > s_others.max()
 
 
+def test_svm_scaled_ignores_each_dimensions_offset_and_scale():
+    """'svm_scaled' standardises each embedding dimension first: embeddings that share a large
+    per-dimension offset and scale (as GroupNorm + GAP gives) score as the plain ones do, and
+    the writer is still told from others."""
+    centre, refs = writer(5, 0.3, k=10)
+    rng = np.random.default_rng(6)
+    negatives = rng.normal(0.0, 3.0, (200, D))
+    own = centre + rng.normal(0.0, 0.3, (20, D))
+    others = rng.normal(0.0, 3.0, (20, D))
+    offset, scale = rng.normal(0.0, 50.0, D), rng.uniform(0.05, 20.0, D)
+    moved = lambda x: offset + scale * x  # noqa: E731
+    e = enrollment.enroll("svm_scaled", refs, distance_logits, negatives=negatives)
+    e_moved = enrollment.enroll(
+        "svm_scaled", moved(refs), distance_logits, negatives=moved(negatives)
+    )
+    for q in (own, others):
+        # float32 embeddings: standardising moved values loses ~|offset| / (scale * std) * eps32
+        # relative precision, ~1e-4 here; decision values are O(1).
+        np.testing.assert_allclose(
+            enrollment.score(e_moved, moved(q), distance_logits),
+            enrollment.score(e, q, distance_logits),
+            rtol=0,
+            atol=1e-3,
+        )
+    assert (
+        enrollment.score(e, own, distance_logits).min()
+        > enrollment.score(e, others, distance_logits).max()
+    )
+
+
 def test_bad_choices_are_user_errors():
     _, refs = writer(4, 0.3, k=1)
     with pytest.raises(UserError, match="references >= 2"):
