@@ -4,6 +4,8 @@
 # references; tested on CEDAR too) and on CEDAR (5 writer-disjoint folds; tested on SigComp2011
 # too; on folds 0-2 also K = 5 and 10 with each enrolment, GroupNorm + GAP, normalised ink);
 # SigComp2011 with normalised ink and GroupNorm + GAP (3 seeds, K = 1 and 5, tested on CEDAR too);
+# the best recipe (configs/best.py: normalised ink, svm_scaled enrolment) on CEDAR's 5 folds and
+# SigComp2011's 3 seeds;
 # the SigNet design on SigComp2011 (3 seeds, float32, ~20-30 min each here); and the loss
 # ablation (contrastive and triplet in place of BCE, seed 0). Every run lands in results/<row>/<run>/ through scripts/run_result.py, which
 # trains once per workdir and skips a training that already finished, so the script resumes.
@@ -22,6 +24,7 @@ DESIGN_SEEDS="${DESIGN_SEEDS-0 1 2}"
 LOSSES="${LOSSES-contrastive triplet}"
 LOGS="${LOGS:-workdirs/results/logs}"
 ENROL_FOLDS="${ENROL_FOLDS-0 1 2}"
+BEST_FOLDS="${BEST_FOLDS-3 4}"
 mkdir -p "$LOGS"
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
 
@@ -138,25 +141,48 @@ enrolled() {  # enrolled <train row> <order> <"K method" ...> -- <train/eval arg
 for fold in $ENROL_FOLDS; do
   args=(-- --config=configs/cedar_best.py --config.split.method=kfold "--config.split.fold=$fold")
   enrolled cedar_best_kfold 31 "5 none" "10 none" "1 svm" "5 svm" "10 svm" "5 znorm" "10 znorm" \
-    "${args[@]}"
+    "1 svm_scaled" "5 svm_scaled" "10 svm_scaled" "${args[@]}"
   gap=(-- --config=configs/cedar_best.py --config.model.norm=group --config.model.pool=gap
     --config.split.method=kfold "--config.split.fold=$fold")
   run "cedar_gap_fold$fold" --row cedar_best_gap_gn --run "fold$fold" --order 32 "${gap[@]}"
-  enrolled cedar_best_gap_gn 33 "10 none" "1 svm" "5 svm" "10 svm" "${gap[@]}"
+  enrolled cedar_best_gap_gn 33 "10 none" "1 svm" "5 svm" "10 svm" "10 svm_scaled" "${gap[@]}"
   norm=(-- --config=configs/cedar_best.py --config.real.ink=normalized --config.split.method=kfold
     "--config.split.fold=$fold")
   run "cedar_norm_fold$fold" --row cedar_best_ink_normalized --run "fold$fold" --order 34 "${norm[@]}"
   run "cedar_norm_k10_svm_fold$fold" --row cedar_best_ink_normalized_k10_svm \
     --train_row cedar_best_ink_normalized --run "fold$fold" --order 35 \
     --eval_args="--config.eval.references=10 --config.eval.enrollment=svm" "${norm[@]}"
+  enrolled cedar_best_ink_normalized 35 "1 svm_scaled" "5 svm_scaled" "10 svm_scaled" "${norm[@]}"
   gapnorm=(-- --config=configs/cedar_best.py --config.model.norm=group --config.model.pool=gap
     --config.real.ink=normalized --config.split.method=kfold "--config.split.fold=$fold")
   run "cedar_gapnorm_fold$fold" --row cedar_best_gap_gn_ink_normalized --run "fold$fold" \
     --order 36 "${gapnorm[@]}"
-  enrolled cedar_best_gap_gn_ink_normalized 37 "10 none" "${gapnorm[@]}"
+  enrolled cedar_best_gap_gn_ink_normalized 37 "10 none" "10 svm_scaled" "${gapnorm[@]}"
   run "cedar_gapnorm_to_sigcomp_fold$fold" --row cedar_best_gap_gn_ink_normalized_to_sigcomp2011 \
     --train_row cedar_best_gap_gn_ink_normalized --run "fold$fold" --order 43 \
     --eval_args="--config.eval.dataset=sigcomp2011" "${gapnorm[@]}"
+done
+
+# The best recipe (configs/best.py: the network above on normalised ink, svm_scaled enrolment) on
+# CEDAR's folds 3-4 (folds 0-2 are the loop above) and on SigComp2011 (3 seeds).
+for fold in $BEST_FOLDS; do
+  norm=(-- --config=configs/cedar_best.py --config.real.ink=normalized --config.split.method=kfold
+    "--config.split.fold=$fold")
+  run "cedar_norm_fold$fold" --row cedar_best_ink_normalized --run "fold$fold" --order 34 "${norm[@]}"
+  enrolled cedar_best_ink_normalized 35 "1 svm_scaled" "5 svm_scaled" "10 svm_scaled" "${norm[@]}"
+done
+for seed in $SEEDS; do
+  best=(-- --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed")
+  train=sigcomp2011_best_ink_normalized_svm_scaled
+  run "sigcomp_bestrecipe_seed$seed" --row "$train" --run "seed$seed" --order 22 "${best[@]}"
+  run "sigcomp_bestrecipe_k5_seed$seed" --row sigcomp2011_best_ink_normalized_k5_svm_scaled \
+    --train_row "$train" --run "seed$seed" --order 23 --eval_args="--config.eval.references=5" \
+    "${best[@]}"
+  run "sigcomp_bestrecipe_fused_seed$seed" --row sigcomp2011_best_ink_normalized \
+    --train_row "$train" --run "seed$seed" --order 22 --eval_args="--config.eval.enrollment=none" \
+    "${best[@]}"
+  run "sigcomp_bestrecipe_to_cedar_seed$seed" --row "${train}_to_cedar" --train_row "$train" \
+    --run "seed$seed" --order 41 --eval_args="--config.eval.dataset=cedar" "${best[@]}"
 done
 
 # Ablation: the best recipe with an embedding loss in place of BCE (seed 0). The score is then the
