@@ -16,33 +16,24 @@ from configs import sigcomp_best
 
 
 def get_config(variant: str = "") -> "ml_collections.ConfigDict":  # noqa: F821
-    c = sigcomp_best.get_config()
+    if variant not in ("", "smoke"):
+        raise ValueError(
+            f"configs/synthetic_pretrain.py has no variant {variant!r}; use '' or 'smoke'."
+        )
+    c = sigcomp_best.get_config(variant)  # 'smoke': its small input and few steps.
     c.dataset = "synthetic"
     c.model.norm = "group"
     c.model.pool = "gap"
     c.real.ink = "normalized"
-    c.synthetic.num_writers = 1000
+    c.synthetic.num_writers = 24 if variant == "smoke" else 1000
     c.synthetic.genuine_per_writer = 12
     c.synthetic.forgeries_per_writer = 12
     c.synthetic.forgers_per_writer = 3
     c.synthetic.forgery_style = "skilled"
     c.split.val_fraction = 0.05  # 50 validation writers are plenty to follow the pretraining.
     c.split.test_fraction = 0.05
-    c.num_train_steps = 2000
-    c.eval_every_steps = 500
-    c.checkpoint_every_steps = 500
-    if variant == "smoke":
-        c.synthetic.num_writers = 24
-        c.image_height = 64
-        c.image_width = 96
-        c.model.small_width = 8
-        c.num_train_steps = 20
-        c.warmup_steps = 5
-        c.log_every_steps = 10
-        c.eval_every_steps = 10
-        c.checkpoint_every_steps = 10
-    elif variant:
-        raise ValueError(
-            f"configs/synthetic_pretrain.py has no variant {variant!r}; use '' or 'smoke'."
-        )
+    if not variant:
+        c.num_train_steps = 2000
+        c.eval_every_steps = 500
+        c.checkpoint_every_steps = 500
     return c
