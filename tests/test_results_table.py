@@ -119,3 +119,12 @@ def test_protocol_names():
     assert "leaking" in run_result.protocol_of({**cfg, "split": {**split, "method": "kaggle_csv"}})
     cross = run_result.protocol_of({**cfg, "eval": {"dataset": "cedar"}})
     assert cross.startswith("cross-dataset") and "sigcomp2011" in cross
+    # Trained on several datasets, evaluated on one of them: not across datasets.
+    joint = run_result.protocol_of(
+        {**cfg, "dataset": "cedar+sigcomp2011", "eval": {"dataset": "cedar"}}
+    )
+    assert joint == "trained on cedar+sigcomp2011; writer-disjoint 70/15/15"
+    other = run_result.protocol_of(
+        {**cfg, "dataset": "cedar+sigcomp2011", "eval": {"dataset": "gpds"}}
+    )
+    assert other.startswith("cross-dataset")
