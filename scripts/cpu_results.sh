@@ -153,6 +153,10 @@ for fold in $ENROL_FOLDS; do
     --train_row cedar_best_ink_normalized --run "fold$fold" --order 35 \
     --eval_args="--config.eval.references=10 --config.eval.enrollment=svm" "${norm[@]}"
   enrolled cedar_best_ink_normalized 35 "1 svm_scaled" "5 svm_scaled" "10 svm_scaled" "${norm[@]}"
+  run "cedar_norm_svm_scaled_to_sigcomp_fold$fold" \
+    --row cedar_best_ink_normalized_svm_scaled_to_sigcomp2011 --train_row cedar_best_ink_normalized \
+    --run "fold$fold" --order 43 \
+    --eval_args="--config.eval.dataset=sigcomp2011 --config.eval.enrollment=svm_scaled" "${norm[@]}"
   gapnorm=(-- --config=configs/cedar_best.py --config.model.norm=group --config.model.pool=gap
     --config.real.ink=normalized --config.split.method=kfold "--config.split.fold=$fold")
   run "cedar_gapnorm_fold$fold" --row cedar_best_gap_gn_ink_normalized --run "fold$fold" \
@@ -170,6 +174,10 @@ for fold in $BEST_FOLDS; do
     "--config.split.fold=$fold")
   run "cedar_norm_fold$fold" --row cedar_best_ink_normalized --run "fold$fold" --order 34 "${norm[@]}"
   enrolled cedar_best_ink_normalized 35 "1 svm_scaled" "5 svm_scaled" "10 svm_scaled" "${norm[@]}"
+  run "cedar_norm_svm_scaled_to_sigcomp_fold$fold" \
+    --row cedar_best_ink_normalized_svm_scaled_to_sigcomp2011 --train_row cedar_best_ink_normalized \
+    --run "fold$fold" --order 43 \
+    --eval_args="--config.eval.dataset=sigcomp2011 --config.eval.enrollment=svm_scaled" "${norm[@]}"
 done
 for seed in $SEEDS; do
   best=(-- --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed")
