@@ -12,12 +12,12 @@ configs/bhsig260.py), or `sigcomp2011`.
 It is configs/sigcomp_best.py's network and training (1200 steps, ~6-9 min on 2 CPU cores) with:
 - normalised ink (`real.ink='normalized'`): the scan's ink darkness, which separates CEDAR's and
   SigComp2011's forgeries from their genuine signatures without any training, never reaches the
-  model. On CEDAR's validation writers it costs nothing (K = 1: 28.8% skilled / 22.4% random
+  model. On CEDAR's validation writers it costs nothing (K = 1: 28.8% skilled / 22.3% random
   against 30.2% / 20.5% raw; fused scores);
 - writer enrolment `svm_scaled` (siamjax/enrollment.py): a writer-dependent RBF SVM on the
   writer's K references' embeddings, standardised per dimension, against the training writers'
   genuine signatures. Validation (mean of 3 folds, skilled / random EER): K = 1 25.6% / 7.2%,
-  K = 5 16.3% / 2.6%, K = 10 15.6% / 1.3%, against the fused pair scores' 28.8% / 22.4% at K = 1
+  K = 5 16.3% / 2.6%, K = 10 15.5% / 1.3%, against the fused pair scores' 28.8% / 22.3% at K = 1
   and plain `svm`'s 17.2% / 3.0% at K = 10.
 Every line of that choice, and the levers that did not help, is in results/selection.jsonl.
 """
