@@ -167,6 +167,20 @@ for fold in $ENROL_FOLDS; do
     --eval_args="--config.eval.dataset=sigcomp2011" "${gapnorm[@]}"
 done
 
+# More writers: CEDAR and SigComp2011 trained together (normalised ink), judged on each (folds 0-2).
+for fold in $ENROL_FOLDS; do
+  joint=(-- --config=configs/cedar_best.py --config.real.ink=normalized
+    --config.dataset=cedar+sigcomp2011 --config.split.method=kfold "--config.split.fold=$fold")
+  train=cedar_best_ink_normalized_joint
+  run "cedar_joint_fold$fold" --row "$train" --run "fold$fold" --order 38 \
+    --eval_args="--config.eval.dataset=cedar" "${joint[@]}"
+  run "cedar_joint_k10_svm_scaled_fold$fold" --row "${train}_k10_svm_scaled" --train_row "$train" \
+    --run "fold$fold" --order 38 --eval_args="--config.eval.dataset=cedar \
+    --config.eval.references=10 --config.eval.enrollment=svm_scaled" "${joint[@]}"
+  run "cedar_joint_on_sigcomp_fold$fold" --row "${train}_on_sigcomp2011" --train_row "$train" \
+    --run "fold$fold" --order 39 --eval_args="--config.eval.dataset=sigcomp2011" "${joint[@]}"
+done
+
 # The best recipe (configs/best.py: the network above on normalised ink, svm_scaled enrolment) on
 # CEDAR's folds 3-4 (folds 0-2 are the loop above) and on SigComp2011 (3 seeds).
 for fold in $BEST_FOLDS; do
