@@ -152,7 +152,8 @@ for fold in $ENROL_FOLDS; do
   run "cedar_norm_k10_svm_fold$fold" --row cedar_best_ink_normalized_k10_svm \
     --train_row cedar_best_ink_normalized --run "fold$fold" --order 35 \
     --eval_args="--config.eval.references=10 --config.eval.enrollment=svm" "${norm[@]}"
-  enrolled cedar_best_ink_normalized 35 "1 svm_scaled" "5 svm_scaled" "10 svm_scaled" "${norm[@]}"
+  enrolled cedar_best_ink_normalized 35 "1 svm_scaled" "5 svm_scaled" "10 svm_scaled" "12 svm_scaled" \
+    "${norm[@]}"
   run "cedar_norm_svm_scaled_to_sigcomp_fold$fold" \
     --row cedar_best_ink_normalized_svm_scaled_to_sigcomp2011 --train_row cedar_best_ink_normalized \
     --run "fold$fold" --order 43 \
@@ -187,7 +188,8 @@ for fold in $BEST_FOLDS; do
   norm=(-- --config=configs/cedar_best.py --config.real.ink=normalized --config.split.method=kfold
     "--config.split.fold=$fold")
   run "cedar_norm_fold$fold" --row cedar_best_ink_normalized --run "fold$fold" --order 34 "${norm[@]}"
-  enrolled cedar_best_ink_normalized 35 "1 svm_scaled" "5 svm_scaled" "10 svm_scaled" "${norm[@]}"
+  enrolled cedar_best_ink_normalized 35 "1 svm_scaled" "5 svm_scaled" "10 svm_scaled" "12 svm_scaled" \
+    "${norm[@]}"
   run "cedar_norm_svm_scaled_to_sigcomp_fold$fold" \
     --row cedar_best_ink_normalized_svm_scaled_to_sigcomp2011 --train_row cedar_best_ink_normalized \
     --run "fold$fold" --order 43 \
