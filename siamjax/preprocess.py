@@ -427,13 +427,22 @@ def normalize(
         dtype=np.float32,
     )
     is_ink = resized <= threshold
+    # 'raw' keeps the darkness against white paper; 'normalized' ranks darkness above the threshold.
+    darkness = 255.0 - resized if ink == "raw" else threshold - resized
+    return _keep_ink(is_ink, darkness, ink)
+
+
+def _keep_ink(is_ink: np.ndarray, darkness: np.ndarray, ink: str) -> np.ndarray:
+    """Model input: background 0, each ink pixel kept as INK_MODES `ink` says: its `darkness`
+    ('raw'), the rank of its darkness within the image on 1..255 ('normalized') or 255
+    ('binary'). The one place that says what an ink mode keeps, for scans and generated images."""
+    out = np.zeros(is_ink.shape, dtype=np.float32)
     if ink == "raw":
-        out = np.where(is_ink, 255.0 - resized, 0.0)
+        out[is_ink] = darkness[is_ink]
     elif ink == "binary":
-        out = np.where(is_ink, 255.0, 0.0)
-    else:  # 'normalized': darkness above the threshold, ranked within the image.
-        out = np.zeros_like(resized)
-        out[is_ink] = _rank_to_uniform(threshold - resized[is_ink])
+        out[is_ink] = 255.0
+    else:
+        out[is_ink] = _rank_to_uniform(darkness[is_ink])
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -448,13 +457,7 @@ def restyle_ink(image: np.ndarray, ink: str) -> np.ndarray:
         raise ValueError(f"restyle_ink takes uint8 model input, got {image.dtype}")
     if ink == "raw":
         return image
-    is_ink = image > 0
-    out = np.zeros(image.shape, dtype=np.float32)
-    if ink == "binary":
-        out[is_ink] = 255.0
-    else:
-        out[is_ink] = _rank_to_uniform(image[is_ink].astype(np.float32))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return _keep_ink(image > 0, image.astype(np.float32), ink)
 
 
 def preprocess_bytes(
