@@ -243,13 +243,12 @@ def augment(images: jax.Array, rng: jax.Array, cfg: ml_collections.ConfigDict) -
     if cfg.jpeg_prob > 0 and cfg.jpeg_mix > 0:
         blocky = images + cfg.jpeg_mix * (block_average(images) - images)
         images = jnp.where(col("jpeg") < cfg.jpeg_prob, blocky, images)
-    noise = cfg.noise_std > 0
-    if noise and not cfg.get("clip_noise", True):
-        # Zero-mean noise: clipping it would lift the background (E[max(0, n)] = 0.4 std) and dim
-        # saturated ink, so that BatchNorm statistics learnt on noisy pairs miss clean input.
+    # Zero-mean noise is added after the clip: clipping it would lift the background
+    # (E[max(0, n)] = 0.4 std) and dim saturated ink, so that BatchNorm statistics learnt on
+    # noisy pairs miss clean input.
+    zero_mean = cfg.noise_std > 0 and not cfg.get("clip_noise", True)
+    if zero_mean:
         images = jnp.clip(images, 0.0, 1.0)
+    if cfg.noise_std > 0:
         images = images + cfg.noise_std * jax.random.normal(k_noise, images.shape, images.dtype)
-        return images.astype(dtype)
-    if noise:
-        images = images + cfg.noise_std * jax.random.normal(k_noise, images.shape, images.dtype)
-    return jnp.clip(images, 0.0, 1.0).astype(dtype)
+    return (images if zero_mean else jnp.clip(images, 0.0, 1.0)).astype(dtype)
