@@ -137,6 +137,17 @@ enrolled() {  # enrolled <train row> <order> <"K method" ...> -- <train/eval arg
   done
 }
 
+best_recipe_rows() {  # best_recipe_rows -- <train/eval args>: the best recipe's rows of one CEDAR
+  # fold, on the cedar_best_ink_normalized training (configs/best.py's model): svm_scaled with K
+  # references, and across to SigComp2011.
+  enrolled cedar_best_ink_normalized 35 "1 svm_scaled" "5 svm_scaled" "10 svm_scaled" "12 svm_scaled" \
+    "$@"
+  run "cedar_norm_svm_scaled_to_sigcomp_fold$fold" \
+    --row cedar_best_ink_normalized_svm_scaled_to_sigcomp2011 --train_row cedar_best_ink_normalized \
+    --run "fold$fold" --order 43 \
+    --eval_args="--config.eval.dataset=sigcomp2011 --config.eval.enrollment=svm_scaled" "$@"
+}
+
 # CEDAR, folds 0-2: K references with each enrolment; GroupNorm + GAP; normalised ink.
 for fold in $ENROL_FOLDS; do
   args=(-- --config=configs/cedar_best.py --config.split.method=kfold "--config.split.fold=$fold")
@@ -152,12 +163,7 @@ for fold in $ENROL_FOLDS; do
   run "cedar_norm_k10_svm_fold$fold" --row cedar_best_ink_normalized_k10_svm \
     --train_row cedar_best_ink_normalized --run "fold$fold" --order 35 \
     --eval_args="--config.eval.references=10 --config.eval.enrollment=svm" "${norm[@]}"
-  enrolled cedar_best_ink_normalized 35 "1 svm_scaled" "5 svm_scaled" "10 svm_scaled" "12 svm_scaled" \
-    "${norm[@]}"
-  run "cedar_norm_svm_scaled_to_sigcomp_fold$fold" \
-    --row cedar_best_ink_normalized_svm_scaled_to_sigcomp2011 --train_row cedar_best_ink_normalized \
-    --run "fold$fold" --order 43 \
-    --eval_args="--config.eval.dataset=sigcomp2011 --config.eval.enrollment=svm_scaled" "${norm[@]}"
+  best_recipe_rows "${norm[@]}"
   gapnorm=(-- --config=configs/cedar_best.py --config.model.norm=group --config.model.pool=gap
     --config.real.ink=normalized --config.split.method=kfold "--config.split.fold=$fold")
   run "cedar_gapnorm_fold$fold" --row cedar_best_gap_gn_ink_normalized --run "fold$fold" \
@@ -188,12 +194,7 @@ for fold in $BEST_FOLDS; do
   norm=(-- --config=configs/cedar_best.py --config.real.ink=normalized --config.split.method=kfold
     "--config.split.fold=$fold")
   run "cedar_norm_fold$fold" --row cedar_best_ink_normalized --run "fold$fold" --order 34 "${norm[@]}"
-  enrolled cedar_best_ink_normalized 35 "1 svm_scaled" "5 svm_scaled" "10 svm_scaled" "12 svm_scaled" \
-    "${norm[@]}"
-  run "cedar_norm_svm_scaled_to_sigcomp_fold$fold" \
-    --row cedar_best_ink_normalized_svm_scaled_to_sigcomp2011 --train_row cedar_best_ink_normalized \
-    --run "fold$fold" --order 43 \
-    --eval_args="--config.eval.dataset=sigcomp2011 --config.eval.enrollment=svm_scaled" "${norm[@]}"
+  best_recipe_rows "${norm[@]}"
 done
 for seed in $SEEDS; do
   best=(-- --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed")
