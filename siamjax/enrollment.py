@@ -17,6 +17,12 @@ where the writer's own K references say more than K separate pairs do:
   assumes comparable dimensions; an encoder whose embedding dimensions share a large offset and
   vary little around it (GroupNorm + GAP: per-dimension std ~0.26 around |mean| ~1.2) gets a
   width that sees almost no difference between signatures.
+- 'svm_pair': 'svm_scaled''s decision value and the pair head's fused logit against the K
+  references, combined by a logistic regression fitted on the validation writers' trials (eval.py
+  fits it where it chooses the threshold, and stores it beside the threshold). The SVM learns the
+  writer from other writers' genuine signatures only, so it never sees a skilled forgery; the head
+  was trained on skilled pairs of other writers. On 3 CEDAR folds' validation writers the
+  combination beat either alone at K = 1 and K = 10 on every fold (results/selection.jsonl).
 
 What it is not for: choosing thresholds (validation does, `metrics.operating_threshold`) or
 computing embeddings (`siamjax.inference`). Everything here is numpy (and scikit-learn for the
@@ -36,9 +42,11 @@ import scipy.special
 from siamjax import scoring
 from siamjax.errors import UserError
 
-METHODS = ("none", "znorm", "svm", "svm_scaled")
+METHODS = ("none", "znorm", "svm", "svm_scaled", "svm_pair")
 # Methods that enrol against other writers' genuine embeddings (the training split's).
-WITH_NEGATIVES = ("svm", "svm_scaled")
+WITH_NEGATIVES = ("svm", "svm_scaled", "svm_pair")
+# Methods whose score combines `components` with weights fitted on validation (`fit_combination`).
+COMBINED = ("svm_pair",)
 # 'znorm': the references' spread (std of their logits against each other) is floored at this,
 # so that K = 2 or a writer who signs identically does not make the scale explode.
 MIN_SPREAD = 0.5
@@ -70,7 +78,9 @@ class Enrollment:
     fusion: str = "mean"
     center: float = 0.0  # 'znorm': mean logit of reference pairs.
     spread: float = 1.0  # 'znorm': their std, floored at MIN_SPREAD.
-    classifier: object | None = None  # 'svm', 'svm_scaled': the fitted sklearn classifier.
+    classifier: object | None = None  # 'svm', 'svm_scaled', 'svm_pair': the fitted classifier.
+    # COMBINED: (weight of the SVM's decision, weight of the pair logit, bias), from validation.
+    combine: tuple[float, float, float] | None = None
 
 
 def enroll(
@@ -80,16 +90,20 @@ def enroll(
     *,
     fusion: str = "mean",
     negatives: np.ndarray | None = None,
+    combine: tuple[float, float, float] | None = None,
 ) -> Enrollment:
     """Fits `method` on one writer's reference embeddings [K, D].
 
     `negatives` [N, D]: genuine embeddings of other writers (WITH_NEGATIVES only; the training
-    split's).
+    split's). `combine`: COMBINED methods' weights (`fit_combination`); without them such an
+    enrolment gives `components` but no `score`.
     """
     references = np.asarray(references, np.float32)
     k = references.shape[0]
     check_method(method, k)
     out = Enrollment(method, references, fusion)
+    if combine is not None:
+        out.combine = tuple(float(v) for v in combine)
     if method == "znorm":
         i, j = np.nonzero(~np.eye(k, dtype=bool))
         logits = np.asarray(pair_logits(references[i], references[j]), np.float64)
@@ -109,19 +123,60 @@ def enroll(
         x = np.concatenate([references, np.asarray(negatives, np.float32)])
         y = np.concatenate([np.ones(k, np.int32), np.zeros(len(negatives), np.int32)])
         svc = SVC(C=SVM_C, kernel="rbf", gamma=SVM_GAMMA, class_weight="balanced")
-        out.classifier = make_pipeline(StandardScaler(), svc) if method == "svm_scaled" else svc
+        scaled = method in ("svm_scaled", "svm_pair")
+        out.classifier = make_pipeline(StandardScaler(), svc) if scaled else svc
         out.classifier.fit(x, y)
     return out
+
+
+def _reference_logits(enrollment: Enrollment, q: np.ndarray, pair_logits: PairLogits) -> np.ndarray:
+    """The head's logits [n, K] of each questioned embedding against each reference."""
+    n, k = q.shape[0], enrollment.references.shape[0]
+    refs = np.repeat(enrollment.references[None], n, axis=0).reshape(n * k, -1)
+    return np.asarray(pair_logits(refs, np.repeat(q, k, axis=0)), np.float32).reshape(n, k)
+
+
+def components(
+    enrollment: Enrollment, questioned: np.ndarray, pair_logits: PairLogits
+) -> np.ndarray:
+    """A COMBINED enrolment's two scores of each questioned embedding [n, D], float64 [n, 2]: the
+    writer's SVM decision value, and the pair head's logits against the references fused
+    (`enrollment.fusion`, in logits)."""
+    q = np.asarray(questioned, np.float32)
+    decision = enrollment.classifier.decision_function(q).astype(np.float64)
+    logits = _reference_logits(enrollment, q, pair_logits).astype(np.float64)
+    return np.stack([decision, scoring.fuse_scores(logits, enrollment.fusion)], axis=1)
+
+
+def fit_combination(parts: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+    """(w_svm, w_pair, bias) of a logistic regression of `labels` (1 = genuine) on `components`
+    [n, 2], classes weighted to balance: fitted on validation trials, never on test writers."""
+    from sklearn.linear_model import LogisticRegression
+
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        raise UserError("fitting an enrolment's combination needs genuine and forged trials.")
+    lr = LogisticRegression(class_weight="balanced").fit(np.asarray(parts, np.float64), labels)
+    (w_svm, w_pair), (bias,) = lr.coef_[0], lr.intercept_
+    return float(w_svm), float(w_pair), float(bias)
 
 
 def score(enrollment: Enrollment, questioned: np.ndarray, pair_logits: PairLogits) -> np.ndarray:
     """Scores in (0, 1) that each questioned embedding [n, D] is the writer's genuine signature."""
     q = np.asarray(questioned, np.float32)
-    n, k = q.shape[0], enrollment.references.shape[0]
+    k = enrollment.references.shape[0]
+    if enrollment.method in COMBINED:
+        if enrollment.combine is None:
+            raise UserError(
+                f"enrolment {enrollment.method!r} combines two scores with weights fitted on "
+                "validation; none were given (eval.py fits and stores them)."
+            )
+        w_svm, w_pair, bias = enrollment.combine
+        parts = components(enrollment, q, pair_logits)
+        return scipy.special.expit(parts @ np.array([w_svm, w_pair]) + bias)
     if enrollment.method in WITH_NEGATIVES:
         return scipy.special.expit(enrollment.classifier.decision_function(q).astype(np.float64))
-    refs = np.repeat(enrollment.references[None], n, axis=0).reshape(n * k, -1)
-    logits = np.asarray(pair_logits(refs, np.repeat(q, k, axis=0)), np.float32).reshape(n, k)
+    logits = _reference_logits(enrollment, q, pair_logits)
     if enrollment.method == "none":
         probs = np.asarray(scipy.special.expit(logits), np.float64)  # As scoring.probabilities.
         return scoring.fuse_scores(probs, enrollment.fusion) if k > 1 else probs[:, 0]
@@ -157,14 +212,18 @@ def save_calibration(
     step: int,
     fusion: str,
     negatives: np.ndarray | None,
+    combine: tuple[float, float, float] | None = None,
 ) -> str:
-    """Writes the calibration of (`method`, `k`) at checkpoint `step`; returns its path."""
+    """Writes the calibration of (`method`, `k`) at checkpoint `step` (with COMBINED methods'
+    weights); returns its path."""
     os.makedirs(os.path.join(workdir, FOLDER), exist_ok=True)
     if negatives is not None:
         np.save(negatives_path(workdir, step), np.asarray(negatives, np.float32))
     path = calibration_path(workdir, method, k)
     doc = {"method": method, "references": k, "threshold": float(threshold), "step": int(step)}
     doc["fusion"] = fusion
+    if combine is not None:
+        doc["combine"] = [float(v) for v in combine]  # w_svm, w_pair, bias.
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=1)
@@ -194,6 +253,8 @@ def load_calibration(
         raise UserError(
             f"{path} was calibrated on checkpoint step {doc['step']}, not {step}: {make}."
         )
+    if method in COMBINED and "combine" not in doc:
+        raise UserError(f"{path} holds no combination weights for {method!r}: {make}.")
     negatives = None
     if method in WITH_NEGATIVES:
         try:

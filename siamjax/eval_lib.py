@@ -95,6 +95,7 @@ def run_evaluation(
     def trials_of(d: Data, name: str) -> pairs_lib.Trials:
         return d.trials(name, k, config.seed, bool(config.eval.allow_fewer_writers))
 
+    combine = None  # COMBINED enrolments' weights, fitted on validation.
     if config.eval.scorer == "model":
         mesh = parallel.make_mesh()
         restored = workdir_lib.restore(config, workdir, step, mesh)
@@ -105,20 +106,29 @@ def run_evaluation(
             idx = train.indices["train"]
             negatives = (idx[train.catalog.is_genuine[idx]], train.catalog.images)
 
+        def enrolled(d: Data, combine=None) -> inference.EnrolledScores:
+            return inference.EnrolledScores(
+                scorer,
+                restored.variables,
+                d.catalog.images,
+                method,
+                config.eval.fusion,
+                *(negatives or (None, None)),
+                combine=combine,
+            )
+
+        if method in enrollment.COMBINED:
+            # Fitted where the threshold is chosen: the training dataset's validation trials.
+            val_trials = trials_of(training_data(), "validation")
+            parts = enrolled(training_data()).components(val_trials)
+            combine = enrollment.fit_combination(parts, val_trials.label)
+            logging.info("%s: combination (w_svm, w_pair, bias) = %s", method, combine)
+
         def trial_set(d: Data, name: str) -> evaluation.TrialSet:
             plain = inference.TrialScores(
                 scorer, restored.variables, d.catalog.images, config.eval.fusion
             )
-            score = plain
-            if method != "none":
-                score = inference.EnrolledScores(
-                    scorer,
-                    restored.variables,
-                    d.catalog.images,
-                    method,
-                    config.eval.fusion,
-                    *(negatives or (None, None)),
-                )
+            score = plain if method == "none" else enrolled(d, combine)
             return evaluation.TrialSet(trials_of(d, name), d.catalog.writer, score, plain.enrol)
 
         # The saved threshold was chosen on the fixed validation pairs scored plainly.
@@ -160,6 +170,7 @@ def run_evaluation(
             step=checkpoint_step,
             fusion=config.eval.fusion,
             negatives=target.score.negatives,
+            combine=combine,
         )
     if jax.process_index() == 0:
         report.write_outputs(

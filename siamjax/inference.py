@@ -174,7 +174,9 @@ class EnrolledScores:
     its questioned signatures. The `score` of a `siamjax.evaluation.TrialSet`.
 
     `negatives` [N] indices into `images` of other writers' genuine signatures (the training
-    split's), for 'svm' and 'svm_scaled'; with method 'none' the scores equal `TrialScores`'.
+    split's), for `enrollment.WITH_NEGATIVES`; `combine`, the weights of `enrollment.COMBINED`
+    methods (eval.py fits them on `components` of validation trials). With method 'none' the
+    scores equal `TrialScores`'.
     """
 
     def __init__(
@@ -186,9 +188,10 @@ class EnrolledScores:
         fusion: str = "mean",
         negatives: np.ndarray | None = None,
         negative_images: np.ndarray | None = None,
+        combine: tuple[float, float, float] | None = None,
     ):
         self.scorer, self.variables, self.images = scorer, variables, images
-        self.method, self.fusion = method, fusion
+        self.method, self.fusion, self.combine = method, fusion, combine
         self.negatives = None
         if negatives is not None and len(negatives):
             source = images if negative_images is None else negative_images
@@ -202,13 +205,26 @@ class EnrolledScores:
         """[n] float64 scores in (0, 1), each trial scored by its writer's enrolment."""
         from siamjax import enrollment
 
+        return self._per_writer(trials, enrollment.score, ())
+
+    def components(self, trials: pairs_lib.Trials) -> np.ndarray:
+        """[n, 2] float64 `enrollment.components` of each trial (COMBINED methods)."""
+        from siamjax import enrollment
+
+        return self._per_writer(trials, enrollment.components, (2,))
+
+    def _per_writer(self, trials: pairs_lib.Trials, fn, shape: tuple[int, ...]) -> np.ndarray:
+        """fn(enrolment, questioned embeddings, pair_logits) over each distinct reference set,
+        enrolled once, -> float64 [n, *shape] in trial order."""
+        from siamjax import enrollment
+
         enrollment.check_method(self.method, trials.references.shape[1])
         used = np.unique(np.concatenate([trials.references.reshape(-1), trials.questioned]))
         emb = self.scorer.embeddings(self.variables, self.images[used])
         at = lambda idx: emb[np.searchsorted(used, idx)]  # noqa: E731
         sets, inverse = np.unique(trials.references, axis=0, return_inverse=True)
         inverse = np.reshape(inverse, -1)
-        out = np.empty(len(trials), np.float64)
+        out = np.empty((len(trials), *shape), np.float64)
         for s, refs in enumerate(sets):
             rows = np.flatnonzero(inverse == s)
             enrolled = enrollment.enroll(
@@ -217,6 +233,7 @@ class EnrolledScores:
                 self.pair_logits,
                 fusion=self.fusion,
                 negatives=self.negatives,
+                combine=self.combine,
             )
-            out[rows] = enrollment.score(enrolled, at(trials.questioned[rows]), self.pair_logits)
+            out[rows] = fn(enrolled, at(trials.questioned[rows]), self.pair_logits)
         return out

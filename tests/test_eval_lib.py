@@ -121,7 +121,7 @@ def test_enrolment_none_equals_the_plain_k_reference_scores(trained):
     np.testing.assert_allclose(enrolled(trials), plain, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["znorm", "svm"])
+@pytest.mark.parametrize("method", ["znorm", "svm", "svm_pair"])
 def test_enrolment_methods_evaluate_and_say_so(trained, method):
     cfg, workdir = trained
     cfg.eval.references = 2
@@ -150,7 +150,7 @@ def test_ink_controls_need_no_checkpoint(trained, tmp_path, scorer):
     assert 0.0 <= metrics["eer"] <= 1.0 and "swap_flip_rate" not in doc["metrics"]
 
 
-@pytest.mark.parametrize("method", ["znorm", "svm"])
+@pytest.mark.parametrize("method", ["znorm", "svm", "svm_pair"])
 def test_the_verifier_enrols_as_eval_does(trained, method):
     """eval.py stores the enrolment's validation threshold (and svm's negatives); the Verifier
     then scores a writer's K references and a questioned signature as eval.py scored that trial."""
@@ -169,10 +169,12 @@ def test_the_verifier_enrols_as_eval_does(trained, method):
     restored = workdir_lib.restore(cfg, workdir, None, mesh)
     scorer = inference.Scorer(restored.model, mesh, cfg.eval_batch_size)
     train = data.indices["train"]
-    negatives = train[data.catalog.is_genuine[train]] if method == "svm" else None
+    negatives = train[data.catalog.is_genuine[train]] if method != "znorm" else None
     images = data.catalog.images
+    combine = calibration.get("combine")
+    assert (combine is not None) == (method == "svm_pair")
     expected = inference.EnrolledScores(
-        scorer, restored.variables, images, method, cfg.eval.fusion, negatives
+        scorer, restored.variables, images, method, cfg.eval.fusion, negatives, combine=combine
     )(trials)
     for i in (0, len(trials) // 2, len(trials) - 1):
         refs, q = trials.references[i], trials.questioned[i]

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--enrollment",
         default=None,
-        help="writer enrolment (none, znorm, svm, svm_scaled; default: the workdir's "
+        help="writer enrolment (none, znorm, svm, svm_scaled, svm_pair; default: the workdir's "
         "config.eval.enrollment); "
         "other than none it needs eval.py's calibration for it (see siamjax-verify --help)",
     )

@@ -319,7 +319,12 @@ class Verifier:
             return self._scorer.score_embeddings(self._variables, e1, e2)
 
         enrolled = enrollment_lib.enroll(
-            self.enrollment, references, pair_logits, fusion=self.fusion, negatives=negatives
+            self.enrollment,
+            references,
+            pair_logits,
+            fusion=self.fusion,
+            negatives=negatives,
+            combine=calibration.get("combine"),
         )
         score = float(enrollment_lib.score(enrolled, questioned[None], pair_logits)[0])
         threshold = self._threshold_override
