@@ -4,7 +4,7 @@
 # references; tested on CEDAR too) and on CEDAR (5 writer-disjoint folds; tested on SigComp2011
 # too; on folds 0-2 also K = 5 and 10 with each enrolment, GroupNorm + GAP, normalised ink);
 # SigComp2011 with normalised ink and GroupNorm + GAP (3 seeds, K = 1 and 5, tested on CEDAR too);
-# the best recipe (configs/best.py: normalised ink, svm_scaled enrolment) on CEDAR's 5 folds and
+# the best recipe (configs/best.py: normalised ink, svm_pair enrolment; svm_scaled as its ablation) on CEDAR's 5 folds and
 # SigComp2011's 3 seeds;
 # the SigNet design on SigComp2011 (3 seeds, float32, ~20-30 min each here); and the loss
 # ablation (contrastive and triplet in place of BCE, seed 0). Every run lands in results/<row>/<run>/ through scripts/run_result.py, which
@@ -138,14 +138,17 @@ enrolled() {  # enrolled <train row> <order> <"K method" ...> -- <train/eval arg
 }
 
 best_recipe_rows() {  # best_recipe_rows -- <train/eval args>: the best recipe's rows of one CEDAR
-  # fold, on the cedar_best_ink_normalized training (configs/best.py's model): svm_scaled with K
-  # references, and across to SigComp2011.
+  # fold, on the cedar_best_ink_normalized training (configs/best.py's model): svm_pair (the
+  # recipe's enrolment) and svm_scaled (its ablation) with K references, and across to SigComp2011.
   enrolled cedar_best_ink_normalized 35 "1 svm_scaled" "5 svm_scaled" "10 svm_scaled" "12 svm_scaled" \
-    "$@"
-  run "cedar_norm_svm_scaled_to_sigcomp_fold$fold" \
-    --row cedar_best_ink_normalized_svm_scaled_to_sigcomp2011 --train_row cedar_best_ink_normalized \
-    --run "fold$fold" --order 43 \
-    --eval_args="--config.eval.dataset=sigcomp2011 --config.eval.enrollment=svm_scaled" "$@"
+    "1 svm_pair" "5 svm_pair" "10 svm_pair" "12 svm_pair" "$@"
+  local method
+  for method in svm_scaled svm_pair; do
+    run "cedar_norm_${method}_to_sigcomp_fold$fold" \
+      --row "cedar_best_ink_normalized_${method}_to_sigcomp2011" \
+      --train_row cedar_best_ink_normalized --run "fold$fold" --order 43 \
+      --eval_args="--config.eval.dataset=sigcomp2011 --config.eval.enrollment=$method" "$@"
+  done
 }
 
 # CEDAR, folds 0-2: K references with each enrolment; GroupNorm + GAP; normalised ink.
@@ -188,7 +191,7 @@ for fold in $ENROL_FOLDS; do
     --run "fold$fold" --order 39 --eval_args="--config.eval.dataset=sigcomp2011" "${joint[@]}"
 done
 
-# The best recipe (configs/best.py: the network above on normalised ink, svm_scaled enrolment) on
+# The best recipe (configs/best.py: the network above on normalised ink, svm_pair enrolment) on
 # CEDAR's folds 3-4 (folds 0-2 are the loop above) and on SigComp2011 (3 seeds).
 for fold in $BEST_FOLDS; do
   norm=(-- --config=configs/cedar_best.py --config.real.ink=normalized --config.split.method=kfold
@@ -199,15 +202,24 @@ done
 for seed in $SEEDS; do
   best=(-- --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed")
   train=sigcomp2011_best_ink_normalized_svm_scaled
-  run "sigcomp_bestrecipe_seed$seed" --row "$train" --run "seed$seed" --order 22 "${best[@]}"
-  run "sigcomp_bestrecipe_k5_seed$seed" --row sigcomp2011_best_ink_normalized_k5_svm_scaled \
-    --train_row "$train" --run "seed$seed" --order 23 --eval_args="--config.eval.references=5" \
-    "${best[@]}"
+  run "sigcomp_bestrecipe_seed$seed" --row "$train" --run "seed$seed" --order 22 \
+    --eval_args="--config.eval.enrollment=svm_scaled" "${best[@]}"
   run "sigcomp_bestrecipe_fused_seed$seed" --row sigcomp2011_best_ink_normalized \
     --train_row "$train" --run "seed$seed" --order 22 --eval_args="--config.eval.enrollment=none" \
     "${best[@]}"
-  run "sigcomp_bestrecipe_to_cedar_seed$seed" --row "${train}_to_cedar" --train_row "$train" \
-    --run "seed$seed" --order 41 --eval_args="--config.eval.dataset=cedar" "${best[@]}"
+  for method in svm_scaled svm_pair; do
+    [ "$method" = svm_pair ] && run "sigcomp_bestrecipe_${method}_seed$seed" \
+      --row "sigcomp2011_best_ink_normalized_$method" --train_row "$train" --run "seed$seed" \
+      --order 22 --eval_args="--config.eval.enrollment=$method" "${best[@]}"
+    run "sigcomp_bestrecipe_k5_${method}_seed$seed" \
+      --row "sigcomp2011_best_ink_normalized_k5_$method" --train_row "$train" --run "seed$seed" \
+      --order 23 --eval_args="--config.eval.references=5 --config.eval.enrollment=$method" \
+      "${best[@]}"
+    run "sigcomp_bestrecipe_${method}_to_cedar_seed$seed" \
+      --row "sigcomp2011_best_ink_normalized_${method}_to_cedar" --train_row "$train" \
+      --run "seed$seed" --order 41 \
+      --eval_args="--config.eval.dataset=cedar --config.eval.enrollment=$method" "${best[@]}"
+  done
 done
 
 # Ablation: the best recipe with an embedding loss in place of BCE (seed 0). The score is then the

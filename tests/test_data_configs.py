@@ -157,7 +157,7 @@ def test_several_datasets_train_together_each_split_as_alone(tmp_path):
 
 def test_best_recipe_runs_on_a_dataset_it_has_never_seen(tmp_path):
     """configs/best.py, as a user with another dataset runs it (signature_folder by config only):
-    trains, evaluates its test writers with the `svm_scaled` enrolment at the threshold chosen
+    trains, evaluates its test writers with the `svm_pair` enrolment at the threshold chosen
     on validation, and siamjax-verify then decides with the same enrolment and threshold."""
     from configs import best
     from siamjax import eval_lib, train_lib, verify
@@ -172,20 +172,20 @@ def test_best_recipe_runs_on_a_dataset_it_has_never_seen(tmp_path):
     cfg.split = folder.split
     cfg.num_train_steps, cfg.batch_size = 6, 8
     cfg.eval_every_steps = cfg.checkpoint_every_steps = 6
-    assert cfg.real.ink == "normalized" and cfg.eval.enrollment == "svm_scaled"
+    assert cfg.real.ink == "normalized" and cfg.eval.enrollment == "svm_pair"
     workdir = str(tmp_path / "run")
     train_lib.train_and_evaluate(cfg, workdir)
     metrics = eval_lib.run_evaluation(cfg, workdir, "test")
     report = json.loads((tmp_path / "run" / "eval" / "test" / "metrics.json").read_text())
-    assert report["enrollment"] == "svm_scaled" and report["ink"] == "normalized"
+    assert report["enrollment"] == "svm_pair" and report["ink"] == "normalized"
     assert 0.0 <= metrics["eer"] <= 1.0 and metrics["n_genuine"] > 0
 
     v = verify.Verifier(workdir)
-    assert v.enrollment == "svm_scaled"
+    assert v.enrollment == "svm_pair"
     test_writer = json.loads((tmp_path / "run" / "pairs" / "splits.json").read_text())["test"][0]
     root = tmp_path / "data" / "BHSig260" / "Bengali" / str(test_writer)
     d = v.verify(root / f"B-S-{test_writer}-G-01.tif", root / f"B-S-{test_writer}-G-02.tif")
-    assert d.enrollment == "svm_scaled" and 0.0 < d.score < 1.0
-    calibration = json.loads((tmp_path / "run" / "enrollment" / "svm_scaled_k1.json").read_text())
+    assert d.enrollment == "svm_pair" and 0.0 < d.score < 1.0
+    calibration = json.loads((tmp_path / "run" / "enrollment" / "svm_pair_k1.json").read_text())
     assert d.threshold == calibration["threshold"]
     assert d.decision == ("genuine" if d.score >= d.threshold else "forged")
