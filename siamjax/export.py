@@ -216,9 +216,9 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None 
 
 
 def _llr_eps() -> float:
-    from siamjax import metrics
+    from siamjax import scoring
 
-    return float(metrics.LLR_EPS)
+    return float(scoring.LLR_EPS)
 
 
 def _check(verifier, encoder, head, ort) -> dict[str, Any]:

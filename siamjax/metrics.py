@@ -34,12 +34,8 @@ import scipy.special
 # The kind of a pair, as int codes; `kind_codes` accepts their names too.
 from siamjax.pairs import GENUINE, KIND_NAMES, RANDOM, SKILLED
 
-# Score maths has its owner, `siamjax.scoring`; its names are re-exported here for callers that
-# read metrics and llrs together (Cllr is a metric of llrs).
-from siamjax.scoring import FUSE_METHODS as FUSE_METHODS
-from siamjax.scoring import LLR_EPS as LLR_EPS
+# Score maths has its owner, `siamjax.scoring` (fusion, llrs); Cllr reads its llrs.
 from siamjax.scoring import as_scores as _scores
-from siamjax.scoring import fuse_scores as fuse_scores
 from siamjax.scoring import llr
 
 _NAN = float("nan")

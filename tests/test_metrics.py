@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 from siamjax import metrics as em
+from siamjax import scoring
 
 # The hand-worked case used throughout, with ties between a genuine and a forgery score (0.4) and
 # between two genuine scores (0.4, 0.4).
@@ -224,15 +225,15 @@ def test_oracle_accuracy_matches_brute_force(seed):
 
 def test_llr_is_logit_minus_prior_logit_and_finite():
     # s = 0.75 has odds 3; at prior 0.25 (odds 1/3) the likelihood ratio is 9.
-    np.testing.assert_allclose(em.llr([0.75], 0.25), [math.log(9)])
-    np.testing.assert_allclose(em.llr([0.5], 0.5), [0.0])
-    out = em.llr([0.0, 1.0], 0.5)
+    np.testing.assert_allclose(scoring.llr([0.75], 0.25), [math.log(9)])
+    np.testing.assert_allclose(scoring.llr([0.5], 0.5), [0.0])
+    out = scoring.llr([0.0, 1.0], 0.5)
     assert np.all(np.isfinite(out)) and out[1] > 15
     assert out[0] == pytest.approx(-out[1])
     with pytest.raises(ValueError, match="prior_positive"):
-        em.llr([0.5], 1.0)
+        scoring.llr([0.5], 1.0)
     with pytest.raises(ValueError, match="probabilities"):
-        em.llr([1.5], 0.5)
+        scoring.llr([1.5], 0.5)
 
 
 def test_cllr_hand_worked():
@@ -292,7 +293,7 @@ def test_min_cllr_is_cllr_of_isotonic_posteriors_and_a_lower_bound(seed):
     # No monotonic calibration does better: raw llrs at any prior, or affine maps of them.
     assert m <= 1.0 + 1e-12
     for prior_positive in (0.2, 0.5, 0.8):
-        raw = em.llr(x, prior_positive)
+        raw = scoring.llr(x, prior_positive)
         assert m <= em.cllr(raw[: pos.size], raw[pos.size :]) + 1e-12
         for a, b in ((0.5, 0.0), (2.0, -1.0), (5.0, 1.0)):
             assert m <= em.cllr(a * raw[: pos.size] + b, a * raw[pos.size :] + b) + 1e-12
@@ -323,7 +324,7 @@ def test_compute_metrics_keys_and_values():
     assert out["auc"] == pytest.approx(2 / 3)
     assert out["auc_random"] == pytest.approx(roc_auc_score([1] * 4 + [0] * 2, POS + [0.05, 0.5]))
     assert out["min_cllr"] == pytest.approx(em.min_cllr(POS, NEG))
-    assert out["cllr"] == pytest.approx(em.cllr(em.llr(POS, 0.5), em.llr(NEG, 0.5)))
+    assert out["cllr"] == pytest.approx(em.cllr(scoring.llr(POS, 0.5), scoring.llr(NEG, 0.5)))
     assert (out["n_genuine"], out["n_skilled"], out["n_random"]) == (4.0, 3.0, 2.0)
     # Integer codes and bytes give the same result as names.
     codes = [em.GENUINE] * 4 + [em.SKILLED] * 3 + [em.RANDOM] * 2
@@ -369,13 +370,13 @@ def test_bad_inputs_raise_with_the_culprit_named():
 
 def test_fuse_scores():
     m = np.array([[0.2, 0.8, 0.5], [0.9, np.nan, 0.7]])
-    np.testing.assert_allclose(em.fuse_scores(m, "mean"), [0.5, 0.8])
-    np.testing.assert_allclose(em.fuse_scores(m, "max"), [0.8, 0.9])
-    np.testing.assert_allclose(em.fuse_scores(m, "min"), [0.2, 0.7])
-    np.testing.assert_allclose(em.fuse_scores(m[:, :1]), [0.2, 0.9])  # K = 1: unchanged.
+    np.testing.assert_allclose(scoring.fuse_scores(m, "mean"), [0.5, 0.8])
+    np.testing.assert_allclose(scoring.fuse_scores(m, "max"), [0.8, 0.9])
+    np.testing.assert_allclose(scoring.fuse_scores(m, "min"), [0.2, 0.7])
+    np.testing.assert_allclose(scoring.fuse_scores(m[:, :1]), [0.2, 0.9])  # K = 1: unchanged.
     with pytest.raises(ValueError, match="median"):
-        em.fuse_scores(m, "median")
+        scoring.fuse_scores(m, "median")
     with pytest.raises(ValueError, match="matrix"):
-        em.fuse_scores([0.1, 0.2])
+        scoring.fuse_scores([0.1, 0.2])
     with pytest.raises(ValueError, match=r"row\(s\) \[1\]"):
-        em.fuse_scores([[0.1], [np.nan]])
+        scoring.fuse_scores([[0.1], [np.nan]])
