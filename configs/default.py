@@ -105,6 +105,10 @@ def get_config() -> ml_collections.ConfigDict:
     # flags (an untested jaxlib), where 'matmul_dw' is faster. Pools take their fast gradient
     # (siamjax/pool.py) unless this is 'xla'.
     c.model.conv_impl = "auto"
+    # Outputs of a linear writer-classification head on the embedding (0: no head). It is trained
+    # only when writer_loss_weight > 0, on the genuine images of the training writers (one class
+    # per writer of the dataset; must be at least their number); evaluation never uses it.
+    c.model.writer_classes = 0
 
     # ---- Loss and optimiser -------------------------------------------------------------------
     # 'bce' on logits (the design), 'contrastive' (on the training pairs) or 'triplet' (anchor,
@@ -115,6 +119,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss = "bce"
     # Margin of 'contrastive' (on distances) and 'triplet' (on squared distances).
     c.loss_margin = 1.0
+    # Weight of an auxiliary writer-classification loss ('bce' only; needs model.writer_classes):
+    # softmax cross-entropy of the writer of each genuine image of the pair batch, from its
+    # embedding (SigNet-style writer features for the writer-dependent enrolments, learnt along
+    # with the pair loss). 0: off.
+    c.writer_loss_weight = 0.0
     # 'adagrad' (the design), 'adam', 'adamw' or 'sgd' (Nesterov momentum 0.9).
     c.optimizer = "adagrad"
     c.learning_rate = 1e-3  # Peak learning rate.
@@ -164,7 +173,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Enrolment with K references (siamjax/enrollment.py): 'none' (the fused pair scores),
     # 'znorm' (standardised by the references' scores against each other; K >= 2), 'svm' (a
     # writer-dependent SVM on the embeddings against the training writers' genuine signatures)
-    # or 'svm_scaled' (the same on embeddings standardised per dimension).
+    # 'svm_scaled' (the same on embeddings standardised per dimension) or 'svm_pair' (svm_scaled's
+    # decision and the pair head's fused logit, combined by a logistic regression fitted on the
+    # validation trials).
     c.eval.enrollment = "none"
     # What scores the trials: 'model' (the trained network), or the untrained ink-darkness controls
     # of siamjax/ink_baseline.py, 'ink' (the questioned scan's darkness) and 'ink_pair' (its

@@ -23,6 +23,21 @@ from siamjax.data import Data
 from siamjax.errors import UserError
 
 INDEX_KEYS = {"image_a": "index_a", "image_b": "index_b", "image_c": "index_c"}
+# With config.writer_loss_weight > 0, pair batches also hold each image's writer class.
+CLASS_KEYS = {"image_a": "class_a", "image_b": "class_b"}
+
+
+def writer_classes(writer: np.ndarray, is_genuine: np.ndarray, limit: int) -> np.ndarray:
+    """int32 [N]: each catalog image's writer as a class 0..W-1 (writers in sorted order), or -1
+    for forgeries, which belong to no writer's hand. A UserError when W > `limit`
+    (config.model.writer_classes)."""
+    writers, inverse = np.unique(writer, return_inverse=True)
+    if len(writers) > limit:
+        raise UserError(
+            f"config.model.writer_classes={limit} is fewer than the dataset's {len(writers)} "
+            "writers: the writer loss needs one class per writer."
+        )
+    return np.where(np.asarray(is_genuine, bool), inverse.reshape(-1), -1).astype(np.int32)
 
 
 class TrainData:
@@ -41,6 +56,16 @@ class TrainData:
         self.config = config
         self.batch_size = config.batch_size
         self.triplets = config.loss == "triplet"
+        self.classes = None  # Writer classes per catalog image, for the writer loss.
+        if config.writer_loss_weight > 0:
+            if config.loss != "bce":
+                raise UserError(
+                    f"config.writer_loss_weight applies to config.loss='bce', not {config.loss!r}."
+                )
+            cat = data.catalog
+            self.classes = writer_classes(
+                cat.writer, cat.is_genuine, int(config.model.get("writer_classes", 0))
+            )
         if self.triplets and data.train_pairs is not None:
             raise UserError(
                 "config.loss='triplet' draws triplets from the training writers, but "
@@ -98,6 +123,8 @@ class TrainData:
             label = np.ones(len(p), np.int32)
         else:
             columns, label = {"image_a": p.a, "image_b": p.b}, p.label
+        if self.classes is not None:
+            columns.update({CLASS_KEYS[k]: self.classes[columns[k]] for k in CLASS_KEYS})
         return {k: np.asarray(v, np.int32) for k, v in {**columns, "label": label}.items()}
 
     def dataset(self, start_step: int = 0) -> tf.data.Dataset:
@@ -109,7 +136,8 @@ class TrainData:
         by numpy, one call per epoch.
         """
         epoch, offset = divmod(start_step, self.steps_per_epoch)
-        names = ["image_a", "image_b", *(["image_c"] if self.triplets else []), "label"]
+        names = ["image_a", "image_b", *(["image_c"] if self.triplets else [])]
+        names += [*(CLASS_KEYS.values() if self.classes is not None else []), "label"]
 
         def epoch_batches(e):
             columns = tf.numpy_function(
@@ -127,12 +155,12 @@ class TrainData:
         images, rows = self._images, parallel.local_rows(self.batch_size)
 
         def gather(batch):
-            pairs = [k for k in names if k != "label"]
+            pairs = [k for k in names if k in INDEX_KEYS]
             if images is None:  # The train step gathers (device_images).
                 out = {INDEX_KEYS[k]: batch[k][rows] for k in pairs}
             else:
                 out = {k: tf.gather(images, batch[k][rows]) for k in pairs}
-            out["label"] = batch["label"][rows]
+            out.update({k: batch[k][rows] for k in names if k not in INDEX_KEYS})
             return out
 
         return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(self.config.prefetch)
@@ -141,5 +169,6 @@ class TrainData:
         """Endless local batches {image_a, image_b: uint8 [b, H, W, 1], label: int32 [b]} from
         `start_step` on (b = batch_size / process_count). Triplet batches add image_c (the
         negative) to image_a (anchor) and image_b (positive), with label 1. With `on_device`,
-        int32 [b] catalog indices index_a, index_b (index_c) stand for the images."""
+        int32 [b] catalog indices index_a, index_b (index_c) stand for the images. With the
+        writer loss, class_a and class_b: int32 [b] writer classes (`writer_classes`)."""
         yield from self.dataset(start_step).as_numpy_iterator()

@@ -62,3 +62,13 @@ def triplet(
     d_pos = jnp.sum(jnp.square(anchor - positive), axis=-1)
     d_neg = jnp.sum(jnp.square(anchor - negative), axis=-1)
     return jnp.maximum(d_pos - d_neg + margin, 0.0)
+
+
+def writer_cross_entropy(logits: jax.Array, classes: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of writer `logits` [N, C] over the images whose class [N] int32
+    is >= 0 (the training writers' genuine images; -1 marks the others). 0 when there are none."""
+    valid = classes >= 0
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), jnp.where(valid, classes, 0)
+    )
+    return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)

@@ -265,6 +265,9 @@ class SiameseNet(nn.Module):
 
     encoder: nn.Module
     head: Head
+    # Linear writer classifier on the embedding (config.model.writer_classes > 0): an auxiliary
+    # training target only (`classify_writer`); nothing that scores pairs uses it.
+    writer_head: nn.Module | None = None
 
     def __call__(self, image_a: jax.Array, image_b: jax.Array, train: bool) -> jax.Array:
         """uint8 [N, H, W, 1] twice -> [N] float32 logits."""
@@ -297,6 +300,19 @@ class SiameseNet(nn.Module):
     def score(self, e1: jax.Array, e2: jax.Array) -> jax.Array:
         """Head on cached embeddings: [N, D] twice -> [N] logits."""
         return self.head(e1, e2)
+
+    def classify_writer(self, e: jax.Array) -> jax.Array:
+        """Writer logits of embeddings: [N, D] -> [N, writer_classes] float32."""
+        if self.writer_head is None:
+            raise UserError("this model has no writer head: set config.model.writer_classes.")
+        return self.writer_head(e.astype(jnp.float32))
+
+    def init_all(self, image_a: jax.Array, image_b: jax.Array, train: bool) -> jax.Array:
+        """`__call__`, also touching the writer head so that `init` creates its parameters."""
+        logits = self(image_a, image_b, train)
+        if self.writer_head is not None:
+            self.classify_writer(self.embed(image_a))
+        return logits
 
 
 def dtype_from_name(name: str) -> Any:
@@ -336,14 +352,24 @@ def create_model(model_config: ml_collections.ConfigDict) -> SiameseNet:
         dtype=dtype,
         init=model_config.init,
     )
-    return SiameseNet(encoder=encoder, head=head)
+    classes = int(model_config.get("writer_classes", 0))
+    if classes < 0:
+        raise UserError(f"config.model.writer_classes={classes}; use 0 (none) or more.")
+    writer_head = None
+    if classes:
+        # float32 parameters and logits whatever the compute dtype: a softmax over many classes.
+        writer_head = nn.Dense(classes, kernel_init=kernel_init(model_config.init))
+    return SiameseNet(encoder=encoder, head=head, writer_head=writer_head)
 
 
 def init_variables(model: SiameseNet, rng: jax.Array, input_shape: Sequence[int]) -> dict[str, Any]:
     """Fresh {"params", "batch_stats"} of `model` for images of `input_shape` (H, W, 1): the one
     initialisation behind a train state and behind the shapes inference restores into."""
     dummy = jnp.zeros((2, *input_shape), jnp.uint8)
-    variables = dict(model.init({"params": rng}, dummy, dummy, train=False))
+    # Flax derives each module's initialisation from its path, so the writer head (when there is
+    # one) changes no other parameter's initial value.
+    method = SiameseNet.init_all if model.writer_head is not None else None
+    variables = dict(model.init({"params": rng}, dummy, dummy, train=False, method=method))
     variables.setdefault("batch_stats", {})
     return variables
 

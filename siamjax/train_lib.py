@@ -48,7 +48,8 @@ def gather_images(images: jax.Array, batch: dict[str, jax.Array]) -> dict[str, j
     """An index batch (index_a, index_b, [index_c], label) -> the image batch it stands for, taken
     from `images` (uint8 [N, H, W, 1], replicated); each device gathers its own rows."""
     out = {k: jnp.take(images, batch[i], axis=0) for k, i in INDEX_KEYS.items() if i in batch}
-    return {**out, "label": batch["label"]}
+    index = set(INDEX_KEYS.values())
+    return {**out, **{k: v for k, v in batch.items() if k not in index}}
 
 
 def train_step(
@@ -65,6 +66,9 @@ def train_step(
 
     batch: image_a, image_b uint8 [B, H, W, 1]; label int32 [B] (1 = genuine pair); for 'triplet'
     also image_c, the negative of the anchor image_a (image_b is its positive, label 1).
+    With config.writer_loss_weight > 0 ('bce'), the batch also holds class_a and class_b
+    (int32 [B] writer classes, -1 for forgeries) and the loss adds that weight times the writer
+    head's cross-entropy on the genuine images (`losses.writer_cross_entropy`).
     'contrastive' and 'triplet' train the encoder on embedding distances alone; a BCE term on the
     stopped embeddings adds gradients only to the distance head's two scalars, so that its logit
     (the score that evaluation and verification use) is calibrated as training goes. The loss
@@ -92,6 +96,17 @@ def train_step(
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         apply = functools.partial(state.apply_fn, variables, train=True, mutable=["batch_stats"])
+        if config.loss == "bce" and config.writer_loss_weight > 0:
+            # One encoder pass of 2B as in __call__; the writer head reads the same embeddings.
+            (e1, e2), updates = apply(a, b, method="embed_pairs")
+            logits = state.apply_fn({"params": params}, e1, e2, method="score")
+            writer_logits = state.apply_fn(
+                {"params": params}, jnp.concatenate([e1, e2]), method="classify_writer"
+            )
+            classes = jnp.concatenate([batch["class_a"], batch["class_b"]])
+            loss = jnp.mean(losses.bce_with_logits(logits, label))
+            loss += config.writer_loss_weight * losses.writer_cross_entropy(writer_logits, classes)
+            return loss, (logits, label, updates.get("batch_stats", {}))
         if config.loss == "bce":
             logits, updates = apply(a, b)
             loss = jnp.mean(losses.bce_with_logits(logits, label))
@@ -202,7 +217,8 @@ def encoder_fingerprint(config: ml_collections.ConfigDict) -> dict:
     """The model fingerprint without the head's keys: what a pretrained encoder must share with
     the config that starts from it (`config.init_from`)."""
     fp = workdir_lib.model_fingerprint(config)
-    fp["model"] = {k: v for k, v in fp["model"].items() if k not in ("head_hidden", "combine")}
+    head_keys = ("head_hidden", "combine", "writer_classes")
+    fp["model"] = {k: v for k, v in fp["model"].items() if k not in head_keys}
     return fp
 
 
