@@ -364,3 +364,23 @@ def test_real_originals_score_without_error(verifier, real_data_dir, tmp_path):
     Image.open(src).convert("RGB").save(jpeg, quality=85)
     Image.open(src).convert("RGBA").save(tiff, compression="tiff_lzw")
     _assert_same_signature(verifier, src, [jpeg, tiff], other)
+
+
+def test_the_human_table_names_the_enrolment_that_scored():
+    """An enrolment's score is its own (svm_pair's combination, say), not the fusion of the pair
+    scores listed above it: the table says which."""
+    from siamjax.verify.cli import format_decision
+    from siamjax.verify.records import Decision
+
+    common = dict(
+        id="", questioned="q.png", references=("r1.png", "r2.png"), reference_scores=(0.2, 0.4),
+        fusion="mean", llr=0.0, prior_positive=0.5, threshold=0.5, checkpoint_step=3,
+    )  # fmt: skip
+    fused = format_decision(Decision(**common, score=0.3, decision="forged"), "validation")
+    enrolled = format_decision(
+        Decision(**common, score=0.9, decision="genuine", enrollment="svm_pair"), "validation"
+    )
+    score_line = lambda text: next(x for x in text.splitlines() if x.startswith("score"))  # noqa: E731
+    assert score_line(fused).endswith("mean of 2 references")
+    assert score_line(enrolled).endswith("svm_pair enrolment of 2 references")
+    assert "0.9000" in score_line(enrolled)

@@ -109,7 +109,10 @@ def format_decision(d: Decision, threshold_source: str) -> str:
         ("reference" + (f" {i + 1}" if k > 1 else ""), f"{s:.4f}", r)
         for i, (r, s) in enumerate(zip(d.references, d.reference_scores, strict=True))
     ]
-    how = f"{d.fusion} of {k} references" if k > 1 else "probability genuine"
+    if d.enrollment != "none":  # The enrolment's own score, not a fusion of the pair scores.
+        how = f"{d.enrollment} enrolment of {k} reference{'s' if k > 1 else ''}"
+    else:
+        how = f"{d.fusion} of {k} references" if k > 1 else "probability genuine"
     rows += [
         ("score", f"{d.score:.4f}", how),
         ("llr", f"{d.llr:+.3f}", "nats; > 0 favours genuine"),
