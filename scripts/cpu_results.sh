@@ -25,6 +25,7 @@ LOSSES="${LOSSES-contrastive triplet}"
 LOGS="${LOGS:-workdirs/results/logs}"
 ENROL_FOLDS="${ENROL_FOLDS-0 1 2}"
 BEST_FOLDS="${BEST_FOLDS-3 4}"
+RECIPE_FOLDS="${RECIPE_FOLDS-0 1 2 3 4}"
 mkdir -p "$LOGS"
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
 
@@ -200,7 +201,9 @@ for fold in $BEST_FOLDS; do
   best_recipe_rows "${norm[@]}"
 done
 for seed in $SEEDS; do
-  best=(-- --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed")
+  # configs/best.py before it gained the writer-classification loss (these rows are its ablation).
+  best=(-- --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed"
+    --config.model.writer_classes=0 --config.writer_loss_weight=0.0)
   train=sigcomp2011_best_ink_normalized_svm_scaled
   run "sigcomp_bestrecipe_seed$seed" --row "$train" --run "seed$seed" --order 22 \
     --eval_args="--config.eval.enrollment=svm_scaled" "${best[@]}"
@@ -220,6 +223,32 @@ for seed in $SEEDS; do
       --run "seed$seed" --order 41 \
       --eval_args="--config.eval.dataset=cedar --config.eval.enrollment=$method" "${best[@]}"
   done
+done
+
+# The best recipe as its one command (configs/best.py: normalised ink, the writer-classification
+# loss, svm_pair enrolment) on CEDAR's 5 folds (K = 1, 5, 10, 12; tested on SigComp2011 too) and
+# SigComp2011's 3 seeds (K = 1 and 5; tested on CEDAR too).
+for fold in $RECIPE_FOLDS; do
+  recipe=(-- --config=configs/best.py --config.split.method=kfold "--config.split.fold=$fold")
+  run "cedar_recipe_fold$fold" --row cedar_best_recipe --run "fold$fold" --order 44 "${recipe[@]}"
+  for k in 5 10 12; do
+    run "cedar_recipe_k${k}_fold$fold" --row "cedar_best_recipe_k$k" --train_row cedar_best_recipe \
+      --run "fold$fold" --order 44 --eval_args="--config.eval.references=$k" "${recipe[@]}"
+  done
+  run "cedar_recipe_to_sigcomp_fold$fold" --row cedar_best_recipe_to_sigcomp2011 \
+    --train_row cedar_best_recipe --run "fold$fold" --order 45 \
+    --eval_args="--config.eval.dataset=sigcomp2011" "${recipe[@]}"
+done
+for seed in $SEEDS; do
+  recipe=(-- --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed")
+  run "sigcomp_recipe_seed$seed" --row sigcomp2011_best_recipe --run "seed$seed" --order 46 \
+    "${recipe[@]}"
+  run "sigcomp_recipe_k5_seed$seed" --row sigcomp2011_best_recipe_k5 \
+    --train_row sigcomp2011_best_recipe --run "seed$seed" --order 46 \
+    --eval_args="--config.eval.references=5" "${recipe[@]}"
+  run "sigcomp_recipe_to_cedar_seed$seed" --row sigcomp2011_best_recipe_to_cedar \
+    --train_row sigcomp2011_best_recipe --run "seed$seed" --order 47 \
+    --eval_args="--config.eval.dataset=cedar" "${recipe[@]}"
 done
 
 # Ablation: the best recipe with an embedding loss in place of BCE (seed 0). The score is then the
