@@ -9,7 +9,7 @@
 Another dataset: `--config.dataset=signature_folder --config.real.folder_root=... ` (see
 configs/bhsig260.py), or `sigcomp2011`.
 
-It is configs/sigcomp_best.py's network and training (1200 steps, ~6-9 min on 2 CPU cores) with:
+It is configs/sigcomp_best.py's network and training (1200 steps, 5-8 min on 2 CPU cores) with:
 - normalised ink (`real.ink='normalized'`): the scan's ink darkness, which separates CEDAR's and
   SigComp2011's forgeries from their genuine signatures without any training, never reaches the
   model. On CEDAR's validation writers it costs nothing (K = 1: 28.8% skilled / 22.3% random
