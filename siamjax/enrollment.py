@@ -161,19 +161,25 @@ def fit_combination(parts: np.ndarray, labels: np.ndarray) -> tuple[float, float
     return float(w_svm), float(w_pair), float(bias)
 
 
+def combined(method: str, parts: np.ndarray, combine: tuple[float, float, float] | None):
+    """A COMBINED enrolment's scores in (0, 1) from its `components` [n, 2] and the weights
+    `combine` (`fit_combination`); a UserError when there are none."""
+    if combine is None:
+        raise UserError(
+            f"enrolment {method!r} combines two scores with weights fitted on validation; none "
+            "were given (eval.py fits and stores them)."
+        )
+    w_svm, w_pair, bias = combine
+    return scipy.special.expit(np.asarray(parts) @ np.array([w_svm, w_pair]) + bias)
+
+
 def score(enrollment: Enrollment, questioned: np.ndarray, pair_logits: PairLogits) -> np.ndarray:
     """Scores in (0, 1) that each questioned embedding [n, D] is the writer's genuine signature."""
     q = np.asarray(questioned, np.float32)
     k = enrollment.references.shape[0]
     if enrollment.method in COMBINED:
-        if enrollment.combine is None:
-            raise UserError(
-                f"enrolment {enrollment.method!r} combines two scores with weights fitted on "
-                "validation; none were given (eval.py fits and stores them)."
-            )
-        w_svm, w_pair, bias = enrollment.combine
         parts = components(enrollment, q, pair_logits)
-        return scipy.special.expit(parts @ np.array([w_svm, w_pair]) + bias)
+        return combined(enrollment.method, parts, enrollment.combine)
     if enrollment.method in WITH_NEGATIVES:
         return scipy.special.expit(enrollment.classifier.decision_function(q).astype(np.float64))
     logits = _reference_logits(enrollment, q, pair_logits)

@@ -106,16 +106,21 @@ def run_evaluation(
             idx = train.indices["train"]
             negatives = (idx[train.catalog.is_genuine[idx]], train.catalog.images)
 
-        def enrolled(d: Data, combine=None) -> inference.EnrolledScores:
-            return inference.EnrolledScores(
-                scorer,
-                restored.variables,
-                d.catalog.images,
-                method,
-                config.eval.fusion,
-                *(negatives or (None, None)),
-                combine=combine,
-            )
+        # One enrolled scorer per dataset: validation's fits the combination and is then scored
+        # from the same components; the negatives are embedded once.
+        enrolled_of: dict[int, inference.EnrolledScores] = {}
+
+        def enrolled(d: Data) -> inference.EnrolledScores:
+            if id(d) not in enrolled_of:
+                enrolled_of[id(d)] = inference.EnrolledScores(
+                    scorer,
+                    restored.variables,
+                    d.catalog.images,
+                    method,
+                    config.eval.fusion,
+                    *(negatives or (None, None)),
+                )
+            return enrolled_of[id(d)]
 
         if method in enrollment.COMBINED:
             # Fitted where the threshold is chosen: the training dataset's validation trials.
@@ -128,7 +133,10 @@ def run_evaluation(
             plain = inference.TrialScores(
                 scorer, restored.variables, d.catalog.images, config.eval.fusion
             )
-            score = plain if method == "none" else enrolled(d, combine)
+            score = plain
+            if method != "none":
+                score = enrolled(d)
+                score.combine = combine
             return evaluation.TrialSet(trials_of(d, name), d.catalog.writer, score, plain.enrol)
 
         # The saved threshold was chosen on the fixed validation pairs scored plainly.

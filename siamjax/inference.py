@@ -192,6 +192,9 @@ class EnrolledScores:
     ):
         self.scorer, self.variables, self.images = scorer, variables, images
         self.method, self.fusion, self.combine = method, fusion, combine
+        # The last trials' `components` and those trials: eval.py fits COMBINED weights on
+        # validation's components, then scores the same trials from them.
+        self._parts: tuple[pairs_lib.Trials, np.ndarray] | None = None
         self.negatives = None
         if negatives is not None and len(negatives):
             source = images if negative_images is None else negative_images
@@ -205,13 +208,19 @@ class EnrolledScores:
         """[n] float64 scores in (0, 1), each trial scored by its writer's enrolment."""
         from siamjax import enrollment
 
+        if self.method in enrollment.COMBINED:
+            return enrollment.combined(self.method, self.components(trials), self.combine)
         return self._per_writer(trials, enrollment.score, ())
 
     def components(self, trials: pairs_lib.Trials) -> np.ndarray:
-        """[n, 2] float64 `enrollment.components` of each trial (COMBINED methods)."""
+        """[n, 2] float64 `enrollment.components` of each trial (COMBINED methods); the last
+        trials' are kept, so that fitting and scoring them embeds and enrols them once."""
         from siamjax import enrollment
 
-        return self._per_writer(trials, enrollment.components, (2,))
+        last = self._parts
+        if last is None or not _same_trials(last[0], trials):
+            self._parts = (trials, self._per_writer(trials, enrollment.components, (2,)))
+        return self._parts[1]
 
     def _per_writer(self, trials: pairs_lib.Trials, fn, shape: tuple[int, ...]) -> np.ndarray:
         """fn(enrolment, questioned embeddings, pair_logits) over each distinct reference set,
@@ -237,3 +246,8 @@ class EnrolledScores:
             )
             out[rows] = fn(enrolled, at(trials.questioned[rows]), self.pair_logits)
         return out
+
+
+def _same_trials(a: pairs_lib.Trials, b: pairs_lib.Trials) -> bool:
+    """Whether two trial lists pair the same references with the same questioned images."""
+    return np.array_equal(a.references, b.references) and np.array_equal(a.questioned, b.questioned)
