@@ -109,6 +109,10 @@ def get_config() -> ml_collections.ConfigDict:
     # only when writer_loss_weight > 0, on the genuine images of the training writers (one class
     # per writer of the dataset; must be at least their number); evaluation never uses it.
     c.model.writer_classes = 0
+    # Ensemble size: M > 1 trains M independently initialised encoders and heads side by side
+    # (each on its own loss, over the same batches; M times the compute); the embedding is their
+    # concatenation (M * embedding_dim) and the pair logit their mean. 1: one network.
+    c.model.members = 1
 
     # ---- Loss and optimiser -------------------------------------------------------------------
     # 'bce' on logits (the design), 'contrastive' (on the training pairs) or 'triplet' (anchor,

@@ -163,7 +163,7 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None 
     model_config.conv_impl = "xla"  # Plain convolutions; the choice never changes the model.
     model = models.create_model(model_config)
     height, width = verifier.height, verifier.width
-    dim = int(model_config.embedding_dim)
+    dim = models.embedding_size(model_config)
 
     encoder, head = onnx_graphs(model, variables, height, width, dim)
     check = _check(verifier, encoder, head, ort)

@@ -19,14 +19,20 @@ from siamjax.errors import UserError
 LOSSES = ("bce", "contrastive", "triplet")
 
 
-def check_loss(loss: str, combine: str) -> None:
+def check_loss(loss: str, combine: str, members: int = 1) -> None:
     """Raises unless `config.loss` is known and the head can score what it trains.
 
     Contrastive and triplet losses train distances, not logits: their score must be a function of
     the distance (combine 'distance'), or the head would score something no loss has trained.
+    An ensemble (`members` > 1) trains each member's pair logit, so 'bce' only.
     """
     if loss not in LOSSES:
         raise UserError(f"config.loss={loss!r}; use one of {LOSSES}.")
+    if members > 1 and loss != "bce":
+        raise UserError(
+            f"config.model.members={members} (an ensemble) trains with config.loss='bce', "
+            f"not {loss!r}."
+        )
     if loss != "bce" and combine != "distance":
         raise UserError(
             f"config.loss={loss!r} needs config.model.combine='distance' (the head "

@@ -69,6 +69,9 @@ def train_step(
     With config.writer_loss_weight > 0 ('bce'), the batch also holds class_a and class_b
     (int32 [B] writer classes, -1 for forgeries) and the loss adds that weight times the writer
     head's cross-entropy on the genuine images (`losses.writer_cross_entropy`).
+    An ensemble (config.model.members > 1) trains with 'bce' only: the gradient is that of the sum
+    of its members' own losses, so each member learns as if trained alone on the same batches;
+    the loss reported is their mean.
     'contrastive' and 'triplet' train the encoder on embedding distances alone; a BCE term on the
     stopped embeddings adds gradients only to the distance head's two scalars, so that its logit
     (the score that evaluation and verification use) is calibrated as training goes. The loss
@@ -78,7 +81,7 @@ def train_step(
     With `images` (TrainData.device_images), the batch holds int32 [B] indices into it
     (index_a, index_b, index_c) in place of the images.
     """
-    losses.check_loss(config.loss, config.model.combine)
+    losses.check_loss(config.loss, config.model.combine, config.model.get("members", 1))
     if images is not None:
         batch = gather_images(images, batch)
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -96,21 +99,24 @@ def train_step(
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         apply = functools.partial(state.apply_fn, variables, train=True, mutable=["batch_stats"])
-        if config.loss == "bce" and config.writer_loss_weight > 0:
-            # One encoder pass of 2B as in __call__; the writer head reads the same embeddings.
-            (e1, e2), updates = apply(a, b, method="embed_pairs")
-            logits = state.apply_fn({"params": params}, e1, e2, method="score")
-            writer_logits = state.apply_fn(
-                {"params": params}, jnp.concatenate([e1, e2]), method="classify_writer"
-            )
-            classes = jnp.concatenate([batch["class_a"], batch["class_b"]])
-            loss = jnp.mean(losses.bce_with_logits(logits, label))
-            loss += config.writer_loss_weight * losses.writer_cross_entropy(writer_logits, classes)
-            return loss, (logits, label, updates.get("batch_stats", {}))
         if config.loss == "bce":
-            logits, updates = apply(a, b)
-            loss = jnp.mean(losses.bce_with_logits(logits, label))
-            return loss, (logits, label, updates.get("batch_stats", {}))
+            # One encoder pass of 2B as in __call__; each ensemble member's head scores its own
+            # slice, and its loss is its own (the mean over members is M separate losses).
+            (e1, e2), updates = apply(a, b, method="embed_pairs")
+            member = state.apply_fn({"params": params}, e1, e2, method="member_logits")  # [B, M]
+            per_member = jnp.mean(losses.bce_with_logits(member, label[:, None]), axis=0)  # [M]
+            if config.writer_loss_weight > 0:
+                # The writer head reads the same embeddings; [M, 2B, classes].
+                writer_logits = state.apply_fn(
+                    {"params": params}, jnp.concatenate([e1, e2]), method="classify_writer"
+                )
+                classes = jnp.concatenate([batch["class_a"], batch["class_b"]])
+                writer = jax.vmap(losses.writer_cross_entropy, (0, None))(writer_logits, classes)
+                per_member += config.writer_loss_weight * writer
+            logits = jnp.mean(member, axis=-1)  # The model's score (SiameseNet.score).
+            # The members' sum: each member's gradient is exactly the one it would get trained
+            # alone, whatever the optimiser (the step reports the mean, below).
+            return jnp.sum(per_member), (logits, label, updates.get("batch_stats", {}))
         if config.loss == "contrastive":
             (e1, e2), updates = apply(a, b, method="embed_pairs")
             loss = jnp.mean(losses.contrastive(e1, e2, label, config.loss_margin))
@@ -130,6 +136,7 @@ def train_step(
     (loss, (logits, label, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params
     )
+    loss = loss / config.model.get("members", 1)  # An ensemble's: the mean of its members'.
     new = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     # A NaN/Inf step changes nothing but the step counter (siamjax.faults); the loop decides.
     finite = faults.all_finite(loss, grads, new.params, batch_stats)
@@ -507,7 +514,7 @@ def _setup(
     """Everything before the first step: checks, data, state (fresh or resumed), the compiled
     step, the input thread (entered into `resources`), checkpoints, writer, progress report."""
     parallel.maybe_initialize_distributed()
-    losses.check_loss(config.loss, config.model.combine)
+    losses.check_loss(config.loss, config.model.combine, config.model.get("members", 1))
     workdir = os.path.abspath(workdir)
     prepare_workdir(config, workdir)
     mesh = parallel.make_mesh()

@@ -32,7 +32,7 @@ MODEL_KEYS = ("model", "image_height", "image_width")
 COMPUTE_ONLY_MODEL_KEYS = ("conv_impl",)
 # Model keys added after runs were made: at these values they leave the fingerprint unchanged, so
 # workdirs written before the key existed still restore.
-LATER_MODEL_KEY_DEFAULTS = {"norm": "batch", "pool": "flatten", "writer_classes": 0}
+LATER_MODEL_KEY_DEFAULTS = {"norm": "batch", "pool": "flatten", "writer_classes": 0, "members": 1}
 # The parts of a saved train state that inference reads (the rest is the optimiser's and RNG's).
 VARIABLE_KEYS = ("params", "batch_stats")
 

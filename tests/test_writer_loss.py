@@ -82,7 +82,9 @@ def test_the_loss_adds_its_weight_times_the_writer_cross_entropy(tiny_config):
         mutable=["batch_stats"],
     )  # fmt: skip
     logits = np.asarray(
-        model.apply({"params": state.params}, jnp.concatenate([e1, e2]), method="classify_writer"),
+        model.apply({"params": state.params}, jnp.concatenate([e1, e2]), method="classify_writer")[
+            0
+        ],
         np.float64,
     )
     classes = np.concatenate([batch["class_a"], batch["class_b"]])
