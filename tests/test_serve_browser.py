@@ -176,6 +176,7 @@ def test_enrol_and_verify_in_a_real_browser(server, browser_page, scans, workdir
         expected = verifier.verify(scans["references"], scans[kind][0])
         assert decision == expected.decision, (kind, decision, expected)
         assert score == pytest.approx(expected.score, abs=1e-4)
+        assert page.inner_text("#fusion").strip() == f"{verifier.fusion} of 2"
         threshold = float(page.inner_text("#threshold"))
         assert threshold == pytest.approx(expected.threshold, abs=1e-4)
     history = page.locator("#history li").all_inner_texts()
