@@ -11,8 +11,9 @@ For each split (`foldN`: `--config.split.method=kfold --config.split.fold=N`; `s
 
 and appends one JSON line to `results/selection.jsonl`: the candidate's arguments, each split's
 validation EER (skilled and random forgeries, at the best checkpoint by validation EER), their
-means, and the commit. The candidate's score is the mean over splits of (skilled + random) / 2:
-a recipe is chosen by it, never by test writers, whose pairs this script never scores.
+means, and the commit it started at. The candidate's score is the mean over splits of
+(skilled + random) / 2: a recipe is chosen by it, never by test writers, whose pairs this script
+never scores.
 
 Why several splits: with ~40 writers, validation is 8-11 writers, and one recipe's validation EER
 moves by several points between splits and seeds; a choice on one split is mostly noise.
@@ -110,10 +111,13 @@ def main(argv: list[str]) -> None:
     if len(splits) < 3:
         print("warning: fewer than 3 splits: the mean says little", file=sys.stderr)
     t0 = time.time()
+    # The code that trains is the code at the start; a commit made while the candidate ran is
+    # recorded beside it (`commit_finished`), not in its place.
+    commit, dirty = git_commit()
     trained = opts.train_name or opts.name
     runs = [score_split(args, s, os.path.join(ROOT, opts.workdirs, trained, s)) for s in splits]
     mean = lambda key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
-    commit, dirty = git_commit()
+    finished_at = git_commit()
     line = {
         "name": opts.name,
         "args": args,
@@ -125,6 +129,7 @@ def main(argv: list[str]) -> None:
         "note": opts.note,
         "commit": commit,
         "commit_dirty": dirty,
+        **({"commit_finished": finished_at[0]} if finished_at != (commit, dirty) else {}),
         "hardware": f"{cpu_model()} ({os.cpu_count()} cores)",
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.time() - t0,

@@ -51,6 +51,9 @@ def test_logs_the_mean_validation_eer_over_splits(tmp_path, monkeypatch):
             )
 
     monkeypatch.setattr(select_recipe, "_run", fake_run)
+    # A commit lands while the candidate trains: the line names the one it started at.
+    commits = iter([("started", False), ("later", False)])
+    monkeypatch.setattr(select_recipe, "git_commit", lambda: next(commits))
     log = tmp_path / "selection.jsonl"
     select_recipe.main(
         [
@@ -72,3 +75,8 @@ def test_logs_the_mean_validation_eer_over_splits(tmp_path, monkeypatch):
     assert line["score"] == pytest.approx(0.225)
     assert [r["checkpoint_step"] for r in line["runs"]] == [300] * 3
     assert sum(c[1] == "train.py" for c in commands) == 3
+    assert (line["commit"], line["commit_dirty"], line["commit_finished"]) == (
+        "started",
+        False,
+        "later",
+    )
