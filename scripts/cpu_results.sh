@@ -4,7 +4,8 @@
 # references; tested on CEDAR too) and on CEDAR (5 writer-disjoint folds; tested on SigComp2011
 # too; on folds 0-2 also K = 5 and 10 with each enrolment, GroupNorm + GAP, normalised ink);
 # SigComp2011 with normalised ink and GroupNorm + GAP (3 seeds, K = 1 and 5, tested on CEDAR too);
-# the best recipe (configs/best.py: normalised ink, svm_pair enrolment; svm_scaled as its ablation) on CEDAR's 5 folds and
+# the best recipe (configs/best.py: an ensemble of 3 networks on normalised ink with the writer
+# loss, svm_pair enrolment; its one network, and svm_scaled, as ablations) on CEDAR's 5 folds and
 # SigComp2011's 3 seeds;
 # the SigNet design on SigComp2011 (3 seeds, float32, ~20-30 min each here); and the loss
 # ablation (contrastive and triplet in place of BCE, seed 0). Every run lands in results/<row>/<run>/ through scripts/run_result.py, which
@@ -26,6 +27,8 @@ LOGS="${LOGS:-workdirs/results/logs}"
 ENROL_FOLDS="${ENROL_FOLDS-0 1 2}"
 BEST_FOLDS="${BEST_FOLDS-3 4}"
 RECIPE_FOLDS="${RECIPE_FOLDS-0 1 2 3 4}"
+ENSEMBLE_FOLDS="${ENSEMBLE_FOLDS-0 1 2 3 4}"
+ENSEMBLE_SEEDS="${ENSEMBLE_SEEDS-0 1 2}"
 mkdir -p "$LOGS"
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
 
@@ -203,7 +206,7 @@ done
 for seed in $SEEDS; do
   # configs/best.py before it gained the writer-classification loss (these rows are its ablation).
   best=(-- --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed"
-    --config.model.writer_classes=0 --config.writer_loss_weight=0.0)
+    --config.model.writer_classes=0 --config.writer_loss_weight=0.0 --config.model.members=1)
   train=sigcomp2011_best_ink_normalized_svm_scaled
   run "sigcomp_bestrecipe_seed$seed" --row "$train" --run "seed$seed" --order 22 \
     --eval_args="--config.eval.enrollment=svm_scaled" "${best[@]}"
@@ -225,11 +228,13 @@ for seed in $SEEDS; do
   done
 done
 
-# The best recipe as its one command (configs/best.py: normalised ink, the writer-classification
-# loss, svm_pair enrolment) on CEDAR's 5 folds (K = 1, 5, 10, 12; tested on SigComp2011 too) and
-# SigComp2011's 3 seeds (K = 1 and 5; tested on CEDAR too).
+# The best recipe's one network (configs/best.py with one member: normalised ink, the
+# writer-classification loss, svm_pair enrolment) on CEDAR's 5 folds (K = 1, 5, 10, 12; tested on
+# SigComp2011 too) and SigComp2011's 3 seeds (K = 1 and 5; tested on CEDAR too): the ensemble's
+# ablation.
 for fold in $RECIPE_FOLDS; do
-  recipe=(-- --config=configs/best.py --config.split.method=kfold "--config.split.fold=$fold")
+  recipe=(-- --config=configs/best.py --config.split.method=kfold "--config.split.fold=$fold"
+    --config.model.members=1)
   run "cedar_recipe_fold$fold" --row cedar_best_recipe --run "fold$fold" --order 44 "${recipe[@]}"
   for k in 5 10 12; do
     run "cedar_recipe_k${k}_fold$fold" --row "cedar_best_recipe_k$k" --train_row cedar_best_recipe \
@@ -240,7 +245,8 @@ for fold in $RECIPE_FOLDS; do
     --eval_args="--config.eval.dataset=sigcomp2011" "${recipe[@]}"
 done
 for seed in $SEEDS; do
-  recipe=(-- --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed")
+  recipe=(-- --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed"
+    --config.model.members=1)
   run "sigcomp_recipe_seed$seed" --row sigcomp2011_best_recipe --run "seed$seed" --order 46 \
     "${recipe[@]}"
   run "sigcomp_recipe_k5_seed$seed" --row sigcomp2011_best_recipe_k5 \
@@ -248,6 +254,34 @@ for seed in $SEEDS; do
     --eval_args="--config.eval.references=5" "${recipe[@]}"
   run "sigcomp_recipe_to_cedar_seed$seed" --row sigcomp2011_best_recipe_to_cedar \
     --train_row sigcomp2011_best_recipe --run "seed$seed" --order 47 \
+    --eval_args="--config.eval.dataset=cedar" "${recipe[@]}"
+done
+
+# The best recipe as its one command (configs/best.py: an ensemble of 3 of the networks above) on
+# CEDAR's 5 folds (K = 1, 5, 10, 12; tested on SigComp2011 too) and SigComp2011's seeds (K = 1 and
+# 5; tested on CEDAR too); ~16 min of training per run on 2 cores.
+for fold in $ENSEMBLE_FOLDS; do
+  recipe=(-- --config=configs/best.py --config.split.method=kfold "--config.split.fold=$fold")
+  run "cedar_ensemble_fold$fold" --row cedar_best_ensemble --run "fold$fold" --order 48 \
+    "${recipe[@]}"
+  for k in 5 10 12; do
+    run "cedar_ensemble_k${k}_fold$fold" --row "cedar_best_ensemble_k$k" \
+      --train_row cedar_best_ensemble --run "fold$fold" --order 48 \
+      --eval_args="--config.eval.references=$k" "${recipe[@]}"
+  done
+  run "cedar_ensemble_to_sigcomp_fold$fold" --row cedar_best_ensemble_to_sigcomp2011 \
+    --train_row cedar_best_ensemble --run "fold$fold" --order 49 \
+    --eval_args="--config.eval.dataset=sigcomp2011" "${recipe[@]}"
+done
+for seed in $ENSEMBLE_SEEDS; do
+  recipe=(-- --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed")
+  run "sigcomp_ensemble_seed$seed" --row sigcomp2011_best_ensemble --run "seed$seed" --order 50 \
+    "${recipe[@]}"
+  run "sigcomp_ensemble_k5_seed$seed" --row sigcomp2011_best_ensemble_k5 \
+    --train_row sigcomp2011_best_ensemble --run "seed$seed" --order 50 \
+    --eval_args="--config.eval.references=5" "${recipe[@]}"
+  run "sigcomp_ensemble_to_cedar_seed$seed" --row sigcomp2011_best_ensemble_to_cedar \
+    --train_row sigcomp2011_best_ensemble --run "seed$seed" --order 51 \
     --eval_args="--config.eval.dataset=cedar" "${recipe[@]}"
 done
 

@@ -157,8 +157,8 @@ def test_several_datasets_train_together_each_split_as_alone(tmp_path):
 
 def test_best_recipe_runs_on_a_dataset_it_has_never_seen(tmp_path):
     """configs/best.py, as a user with another dataset runs it (signature_folder by config only):
-    trains, evaluates its test writers with the `svm_pair` enrolment at the threshold chosen
-    on validation, and siamjax-verify then decides with the same enrolment and threshold."""
+    trains its ensemble, evaluates its test writers with the `svm_pair` enrolment at the threshold
+    chosen on validation, and siamjax-verify then decides with the same enrolment and threshold."""
     from configs import best
     from siamjax import eval_lib, train_lib, verify
 
@@ -173,6 +173,7 @@ def test_best_recipe_runs_on_a_dataset_it_has_never_seen(tmp_path):
     cfg.num_train_steps, cfg.batch_size = 6, 8
     cfg.eval_every_steps = cfg.checkpoint_every_steps = 6
     assert cfg.real.ink == "normalized" and cfg.eval.enrollment == "svm_pair"
+    assert cfg.model.members == 3  # The ensemble, through train, eval and siamjax-verify.
     workdir = str(tmp_path / "run")
     train_lib.train_and_evaluate(cfg, workdir)
     metrics = eval_lib.run_evaluation(cfg, workdir, "test")
