@@ -228,61 +228,45 @@ for seed in $SEEDS; do
   done
 done
 
+# recipe_rows <log> <row> <run> <order> <"K ..."> <other dataset> -- <train/eval args>: one run of
+# a recipe (row <row>), its K-reference rows (<row>_k<K>) and its test on the other dataset
+# (<row>_to_<other>, order + 1), all from the one training.
+recipe_rows() {
+  local log="$1" row="$2" name="$3" order="$4" ks="$5" other="$6"
+  shift 6
+  run "${log}_$name" --row "$row" --run "$name" --order "$order" "$@"
+  for k in $ks; do
+    run "${log}_k${k}_$name" --row "${row}_k$k" --train_row "$row" --run "$name" \
+      --order "$order" --eval_args="--config.eval.references=$k" "$@"
+  done
+  run "${log}_to_${other}_$name" --row "${row}_to_$other" --train_row "$row" --run "$name" \
+    --order "$((order + 1))" --eval_args="--config.eval.dataset=$other" "$@"
+}
+
 # The best recipe's one network (configs/best.py with one member: normalised ink, the
 # writer-classification loss, svm_pair enrolment) on CEDAR's 5 folds (K = 1, 5, 10, 12; tested on
 # SigComp2011 too) and SigComp2011's 3 seeds (K = 1 and 5; tested on CEDAR too): the ensemble's
 # ablation.
 for fold in $RECIPE_FOLDS; do
-  recipe=(-- --config=configs/best.py --config.split.method=kfold "--config.split.fold=$fold"
-    --config.model.members=1)
-  run "cedar_recipe_fold$fold" --row cedar_best_recipe --run "fold$fold" --order 44 "${recipe[@]}"
-  for k in 5 10 12; do
-    run "cedar_recipe_k${k}_fold$fold" --row "cedar_best_recipe_k$k" --train_row cedar_best_recipe \
-      --run "fold$fold" --order 44 --eval_args="--config.eval.references=$k" "${recipe[@]}"
-  done
-  run "cedar_recipe_to_sigcomp_fold$fold" --row cedar_best_recipe_to_sigcomp2011 \
-    --train_row cedar_best_recipe --run "fold$fold" --order 45 \
-    --eval_args="--config.eval.dataset=sigcomp2011" "${recipe[@]}"
+  recipe_rows cedar_recipe cedar_best_recipe "fold$fold" 44 "5 10 12" sigcomp2011 -- \
+    --config=configs/best.py --config.split.method=kfold "--config.split.fold=$fold" \
+    --config.model.members=1
 done
 for seed in $SEEDS; do
-  recipe=(-- --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed"
-    --config.model.members=1)
-  run "sigcomp_recipe_seed$seed" --row sigcomp2011_best_recipe --run "seed$seed" --order 46 \
-    "${recipe[@]}"
-  run "sigcomp_recipe_k5_seed$seed" --row sigcomp2011_best_recipe_k5 \
-    --train_row sigcomp2011_best_recipe --run "seed$seed" --order 46 \
-    --eval_args="--config.eval.references=5" "${recipe[@]}"
-  run "sigcomp_recipe_to_cedar_seed$seed" --row sigcomp2011_best_recipe_to_cedar \
-    --train_row sigcomp2011_best_recipe --run "seed$seed" --order 47 \
-    --eval_args="--config.eval.dataset=cedar" "${recipe[@]}"
+  recipe_rows sigcomp_recipe sigcomp2011_best_recipe "seed$seed" 46 5 cedar -- \
+    --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed" \
+    --config.model.members=1
 done
 
 # The best recipe as its one command (configs/best.py: an ensemble of 3 of the networks above) on
-# CEDAR's 5 folds (K = 1, 5, 10, 12; tested on SigComp2011 too) and SigComp2011's seeds (K = 1 and
-# 5; tested on CEDAR too); ~16 min of training per run on 2 cores.
+# CEDAR's 5 folds and SigComp2011's seeds, the same rows; ~15 min of training per run on 2 cores.
 for fold in $ENSEMBLE_FOLDS; do
-  recipe=(-- --config=configs/best.py --config.split.method=kfold "--config.split.fold=$fold")
-  run "cedar_ensemble_fold$fold" --row cedar_best_ensemble --run "fold$fold" --order 48 \
-    "${recipe[@]}"
-  for k in 5 10 12; do
-    run "cedar_ensemble_k${k}_fold$fold" --row "cedar_best_ensemble_k$k" \
-      --train_row cedar_best_ensemble --run "fold$fold" --order 48 \
-      --eval_args="--config.eval.references=$k" "${recipe[@]}"
-  done
-  run "cedar_ensemble_to_sigcomp_fold$fold" --row cedar_best_ensemble_to_sigcomp2011 \
-    --train_row cedar_best_ensemble --run "fold$fold" --order 49 \
-    --eval_args="--config.eval.dataset=sigcomp2011" "${recipe[@]}"
+  recipe_rows cedar_ensemble cedar_best_ensemble "fold$fold" 48 "5 10 12" sigcomp2011 -- \
+    --config=configs/best.py --config.split.method=kfold "--config.split.fold=$fold"
 done
 for seed in $ENSEMBLE_SEEDS; do
-  recipe=(-- --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed")
-  run "sigcomp_ensemble_seed$seed" --row sigcomp2011_best_ensemble --run "seed$seed" --order 50 \
-    "${recipe[@]}"
-  run "sigcomp_ensemble_k5_seed$seed" --row sigcomp2011_best_ensemble_k5 \
-    --train_row sigcomp2011_best_ensemble --run "seed$seed" --order 50 \
-    --eval_args="--config.eval.references=5" "${recipe[@]}"
-  run "sigcomp_ensemble_to_cedar_seed$seed" --row sigcomp2011_best_ensemble_to_cedar \
-    --train_row sigcomp2011_best_ensemble --run "seed$seed" --order 51 \
-    --eval_args="--config.eval.dataset=cedar" "${recipe[@]}"
+  recipe_rows sigcomp_ensemble sigcomp2011_best_ensemble "seed$seed" 50 5 cedar -- \
+    --config=configs/best.py --config.dataset=sigcomp2011 "--config.seed=$seed"
 done
 
 # Ablation: the best recipe with an embedding loss in place of BCE (seed 0). The score is then the
