@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -383,37 +383,39 @@ def create_model(model_config: ml_collections.ConfigDict) -> SiameseNet:
     """The SiameseNet that `config.model` describes; with `members` M > 1, an ensemble of M
     encoders and heads (`EnsembleEncoder`) behind the same interface. M = 1 builds no ensemble
     modules, so the parameters of models from before the key are unchanged."""
-    members = int(model_config.get("members", 1))
+    members = ensemble_size(model_config)
     if members < 1:
         raise UserError(f"config.model.members={members}; use 1 (one network) or more.")
     classes = int(model_config.get("writer_classes", 0))
     if classes < 0:
         raise UserError(f"config.model.writer_classes={classes}; use 0 (none) or more.")
-    # float32 parameters and logits whatever the compute dtype: a softmax over many classes.
-    writer_head = (
-        (lambda: nn.Dense(classes, kernel_init=kernel_init(model_config.init))) if classes else None
-    )
-    if members == 1:
-        return SiameseNet(
-            encoder=_encoder(model_config),
-            head=_head(model_config),
-            writer_head=writer_head() if writer_head else None,
-        )
-    # Flax initialises each member from its own path (encoder/members_0, ...): M distinct draws.
+
+    def one_or_ensemble(make: Callable[[], nn.Module], ensemble: type[nn.Module]) -> nn.Module:
+        # Flax initialises each member from its own path (encoder/members_0, ...): M distinct
+        # draws. One member is the bare module, as before the key.
+        return make() if members == 1 else ensemble(tuple(make() for _ in range(members)))
+
     return SiameseNet(
-        encoder=EnsembleEncoder(tuple(_encoder(model_config) for _ in range(members))),
-        head=EnsembleHead(tuple(_head(model_config) for _ in range(members))),
-        writer_head=(
-            EnsembleWriterHead(tuple(writer_head() for _ in range(members)))
-            if writer_head
-            else None
-        ),
+        encoder=one_or_ensemble(lambda: _encoder(model_config), EnsembleEncoder),
+        head=one_or_ensemble(lambda: _head(model_config), EnsembleHead),
+        # float32 parameters and logits whatever the compute dtype: a softmax over many classes.
+        writer_head=one_or_ensemble(
+            lambda: nn.Dense(classes, kernel_init=kernel_init(model_config.init)),
+            EnsembleWriterHead,
+        )
+        if classes
+        else None,
     )
+
+
+def ensemble_size(model_config: ml_collections.ConfigDict) -> int:
+    """`config.model.members`: 1 (one network) in configs from before the key."""
+    return int(model_config.get("members", 1))
 
 
 def embedding_size(model_config: ml_collections.ConfigDict) -> int:
     """The width of `SiameseNet.embed`'s output: embedding_dim per ensemble member."""
-    return int(model_config.embedding_dim) * int(model_config.get("members", 1))
+    return int(model_config.embedding_dim) * ensemble_size(model_config)
 
 
 def _encoder(model_config: ml_collections.ConfigDict) -> nn.Module:

@@ -81,7 +81,7 @@ def train_step(
     With `images` (TrainData.device_images), the batch holds int32 [B] indices into it
     (index_a, index_b, index_c) in place of the images.
     """
-    losses.check_loss(config.loss, config.model.combine, config.model.get("members", 1))
+    losses.check_loss(config.loss, config.model.combine, models.ensemble_size(config.model))
     if images is not None:
         batch = gather_images(images, batch)
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -136,7 +136,7 @@ def train_step(
     (loss, (logits, label, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params
     )
-    loss = loss / config.model.get("members", 1)  # An ensemble's: the mean of its members'.
+    loss = loss / models.ensemble_size(config.model)  # An ensemble's: the mean of its members'.
     new = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     # A NaN/Inf step changes nothing but the step counter (siamjax.faults); the loop decides.
     finite = faults.all_finite(loss, grads, new.params, batch_stats)
@@ -514,7 +514,7 @@ def _setup(
     """Everything before the first step: checks, data, state (fresh or resumed), the compiled
     step, the input thread (entered into `resources`), checkpoints, writer, progress report."""
     parallel.maybe_initialize_distributed()
-    losses.check_loss(config.loss, config.model.combine, config.model.get("members", 1))
+    losses.check_loss(config.loss, config.model.combine, models.ensemble_size(config.model))
     workdir = os.path.abspath(workdir)
     prepare_workdir(config, workdir)
     mesh = parallel.make_mesh()
