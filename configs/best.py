@@ -28,7 +28,8 @@ It is configs/sigcomp_best.py's network and training (1200 steps, 5-8 min on 2 C
   (mean of 3 CEDAR folds): K = 1 21.5% / 5.6% against 22.9% / 7.6% without it, K = 10 13.2% /
   2.2% against 12.6% / 2.4% (the mean of skilled and random better over both K); the fused
   pair scores alone get worse (32.6% / 20.9% against 28.8% / 22.3%), so it belongs with an
-  enrolment. A dataset with more writers needs `--config.model.writer_classes=N`.
+  enrolment. On a dataset with more than 64 training writers the first 64 get a class (a
+  warning says how many were left out): `--config.model.writer_classes=N` gives each one.
 - an ensemble of 3 such networks (`model.members=3`), trained side by side in one run (14 min on
   2 CPU cores when nothing else runs): the enrolment reads their concatenated embeddings, the
   head averages their logits. Validation with `svm_pair` (mean of 3 CEDAR folds): K = 1 19.9% /

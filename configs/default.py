@@ -107,7 +107,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.conv_impl = "auto"
     # Outputs of a linear writer-classification head on the embedding (0: no head). It is trained
     # only when writer_loss_weight > 0, on the genuine images of the training writers (one class
-    # per writer of the dataset; must be at least their number); evaluation never uses it.
+    # per writer; with fewer classes than training writers, the first N writers get them, with a
+    # warning: input_pipeline.writer_classes); evaluation never uses it.
     c.model.writer_classes = 0
     # Ensemble size: M > 1 trains M independently initialised encoders and heads side by side
     # (each on its own loss, over the same batches; M times the compute); the embedding is their

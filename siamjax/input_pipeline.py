@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from siamjax import pairs as pairs_lib
 from siamjax import parallel
@@ -27,17 +28,42 @@ INDEX_KEYS = {"image_a": "index_a", "image_b": "index_b", "image_c": "index_c"}
 CLASS_KEYS = {"image_a": "class_a", "image_b": "class_b"}
 
 
-def writer_classes(writer: np.ndarray, is_genuine: np.ndarray, limit: int) -> np.ndarray:
-    """int32 [N]: each catalog image's writer as a class 0..W-1 (writers in sorted order), or -1
-    for forgeries, which belong to no writer's hand. A UserError when W > `limit`
-    (config.model.writer_classes)."""
-    writers, inverse = np.unique(writer, return_inverse=True)
-    if len(writers) > limit:
+def writer_classes(
+    writer: np.ndarray, is_genuine: np.ndarray, limit: int, train: np.ndarray | None = None
+) -> np.ndarray:
+    """int32 [N]: each catalog image's writer class for the writer loss, or -1 for none.
+
+    Forgeries get -1: they belong to no writer's hand. When every writer of the catalog fits in
+    `limit` (config.model.writer_classes), the writers in sorted order get 0..W-1. Otherwise only
+    the training writers (`train`: their catalog indices) get classes, since no other writer's
+    image enters a training batch; and when even they outnumber `limit`, the first `limit` of them
+    (sorted) get classes and the others -1: their genuine images still train the pair loss, and a
+    warning says how many were left out. Why not an error: a config with a fixed head (the best
+    recipe's 64 classes) then still trains on a dataset with more writers, named by config alone.
+    A UserError when `limit` < 1: the writer loss needs a writer head.
+    """
+    if limit < 1:
         raise UserError(
-            f"config.model.writer_classes={limit} is fewer than the dataset's {len(writers)} "
-            "writers: the writer loss needs one class per writer."
+            f"config.model.writer_classes={limit}: the writer loss needs a writer head; set it "
+            "to the number of training writers (one class each)."
         )
-    return np.where(np.asarray(is_genuine, bool), inverse.reshape(-1), -1).astype(np.int32)
+    writer = np.asarray(writer)
+    genuine = np.asarray(is_genuine, bool)
+    writers = np.unique(writer)
+    if len(writers) > limit:
+        known = writers if train is None else np.unique(writer[np.asarray(train)])
+        if len(known) > limit:
+            logging.warning(
+                "config.model.writer_classes=%d is fewer than the %d training writers: the "
+                "writer loss leaves out the last %d (sorted); raise it to use them all.",
+                limit,
+                len(known),
+                len(known) - limit,
+            )
+        writers = known[:limit]
+    pos = np.searchsorted(writers, writer).clip(0, len(writers) - 1)
+    has_class = genuine & (writers[pos] == writer)
+    return np.where(has_class, pos, -1).astype(np.int32)
 
 
 class TrainData:
@@ -64,7 +90,10 @@ class TrainData:
                 )
             cat = data.catalog
             self.classes = writer_classes(
-                cat.writer, cat.is_genuine, int(config.model.get("writer_classes", 0))
+                cat.writer,
+                cat.is_genuine,
+                int(config.model.get("writer_classes", 0)),
+                data.indices["train"],
             )
         if self.triplets and data.train_pairs is not None:
             raise UserError(

@@ -18,8 +18,22 @@ def test_writer_classes_number_writers_and_leave_forgeries_out():
     writer = np.array([12, 3, 12, 7, 3, 7])
     genuine = np.array([True, True, False, True, False, True])
     np.testing.assert_array_equal(writer_classes(writer, genuine, 3), [2, 0, -1, 1, -1, 1])
-    with pytest.raises(UserError, match="writer_classes=2"):
-        writer_classes(writer, genuine, 2)
+    with pytest.raises(UserError, match="writer_classes=0"):
+        writer_classes(writer, genuine, 0)
+
+
+def test_writer_classes_beyond_the_head_go_to_training_writers_first(caplog):
+    writer = np.array([12, 3, 12, 7, 3, 7])
+    genuine = np.array([True, True, False, True, False, True])
+    train = np.array([0, 2, 3, 5])  # Writers 7 and 12 train; 3 is a validation/test writer.
+    # All writers fit: the classes ignore the split (what runs made before this rule got).
+    np.testing.assert_array_equal(writer_classes(writer, genuine, 3, train), [2, 0, -1, 1, -1, 1])
+    # Two classes for three writers: the two training writers get them, writer 3 none.
+    np.testing.assert_array_equal(writer_classes(writer, genuine, 2, train), [1, -1, -1, 0, -1, 0])
+    assert "fewer than" not in caplog.text
+    # One class for two training writers: the first (sorted) gets it, with a warning.
+    np.testing.assert_array_equal(writer_classes(writer, genuine, 1, train), [-1, -1, -1, 0, -1, 0])
+    assert "writer_classes=1 is fewer than the 2 training writers" in caplog.text
 
 
 def test_writer_cross_entropy_averages_over_genuine_images_only():
@@ -112,6 +126,13 @@ def test_batches_carry_each_images_writer_class(tiny_config):
         # Forgeries carry -1; genuine images their writer's class.
         np.testing.assert_array_equal(batch[class_key] < 0, ~cat.is_genuine[batch[index_key]])
     assert (batch["class_b"] < 0).any() and (batch["class_a"] >= 0).all()
+    # A head smaller than the training writers: its classes go to training writers only.
+    small = tiny_config(model={"writer_classes": 2})
+    small.writer_loss_weight = 0.5
+    classed = np.flatnonzero(TrainData(data, small).classes >= 0)
+    train_writers = np.unique(cat.writer[data.indices["train"]])
+    assert len(train_writers) > 2
+    np.testing.assert_array_equal(np.unique(cat.writer[classed]), train_writers[:2])
     with pytest.raises(UserError, match="bce"):
         bad = tiny_config(model={"writer_classes": 64, "combine": "distance"}, loss="contrastive")
         bad.writer_loss_weight = 0.5
