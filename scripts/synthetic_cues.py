@@ -12,8 +12,8 @@ the yardstick for the generator. On 40 writers with normalised ink, CEDAR's forg
 away alone (AUC 0.51-0.55), but against the writer's own signatures stroke texture
 (`laplacian_per_ink`: the forger's pen), ink fraction and height separate them with AUC 0.75, 0.71
 and 0.71. The 'skilled' forgers give 0.93, 0.55 and 0.67: the same kind of cue, its texture part
-stronger than CEDAR's: mostly the forger's thinner pen (`Forger.width`; a probe with the
-writer's own pen width gave 0.72 on 30 writers).
+stronger than CEDAR's (a 'skilled' forger's pen is always thinner than the writer's:
+`Forger.width` < 1).
 Not a test: a diagnostic for tuning `synthetic.forgery_style`.
 """
 
@@ -33,6 +33,8 @@ from siamjax import preprocess  # noqa: E402
 from siamjax.datasets.synthetic import generator  # noqa: E402
 
 FEATURES = ("ink_fraction", "laplacian_per_ink", "ink_height", "ink_width")
+# Both sources at the recipe's input size, so their features compare.
+HEIGHT, WIDTH = 150, 220
 
 
 def features(image: np.ndarray) -> list[float]:
@@ -48,7 +50,8 @@ def synthetic_images(a: argparse.Namespace) -> tuple[list[np.ndarray], list[bool
     """The generator's images of `a.writers` writers (12 genuine, 12 forgeries by 3 forgers)."""
     s = generator.Settings(
         num_writers=a.writers, genuine_per_writer=12, forgeries_per_writer=12,
-        forgers_per_writer=3, height=150, width=220, seed=a.seed, forgery_style=a.style, ink=a.ink,
+        forgers_per_writer=3, height=HEIGHT, width=WIDTH, seed=a.seed, forgery_style=a.style,
+        ink=a.ink,
     )  # fmt: skip
     images, genuine, writer = [], [], []
     for w in range(s.num_writers):
@@ -63,7 +66,7 @@ def cedar_images(
     root: str, a: argparse.Namespace
 ) -> tuple[list[np.ndarray], list[bool], list[str]]:
     """The first `a.writers` CEDAR writers' images (sorted by id), preprocessed as the builder
-    does at 150x220 with ink mode `a.ink`."""
+    does at HEIGHT x WIDTH with ink mode `a.ink`."""
     from siamjax.datasets.cedar import cedar_dataset_builder  # Imports TFDS: only here.
 
     root_path = cedar_dataset_builder.find_root(root)
@@ -73,7 +76,7 @@ def cedar_images(
     for im in listing.images:
         if im.writer in keep:
             images.append(
-                preprocess.preprocess_file(root_path / im.relpath, 150, 220, a.ink)[..., 0]
+                preprocess.preprocess_file(root_path / im.relpath, HEIGHT, WIDTH, a.ink)[..., 0]
             )
             genuine.append(im.is_genuine)
             writer.append(im.writer)
